@@ -1,0 +1,368 @@
+"""The Service: runs components in threads, supervises them and shuts them down in order.
+
+Threads
+    Each component runs in a thread of its own, named ``patron-<component name>``. The
+    supervisor loop runs in the thread that called :meth:`Service.run`, or in a thread named
+    ``patron-supervisor`` after :meth:`Service.start`. Everything the supervisor learns arrives
+    on one queue: component exits (with or without an error), signals and stop requests.
+
+Shutdown
+    The first component error, the first unexpected exit (a component returning before it was
+    told to stop), SIGTERM, SIGINT, SIGHUP without a hook, or :meth:`Service.stop` starts it:
+
+    1. readiness turns false at once (``GET /ready`` answers 503);
+    2. the drain delay passes, so load balancers stop sending new work;
+    3. the stop event of every user component is set and they are joined, then the default HTTP
+       component is stopped, so health and metrics stay up until the end; all of this shares
+       one shutdown timeout, and a component still running at the deadline is named in the log
+       and its thread abandoned;
+    4. buffered spans are flushed.
+
+    The exit status (returned by :meth:`run` and :meth:`wait`) is :data:`EXIT_OK` after a clean
+    stop, :data:`EXIT_FAILURE` when a component failed or exited unexpectedly and
+    :data:`EXIT_TIMEOUT` when a component did not stop in time. A second SIGTERM or SIGINT during
+    shutdown exits the process at once with status 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+from patron import log, tracing
+from patron.component import Component, is_alive, is_ready, name_of
+from patron.config import Config
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_TIMEOUT", "Service"]
+
+logger = logging.getLogger("patron.service")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_TIMEOUT = 3
+TRACE_FLUSH_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exited:
+    name: str
+    error: BaseException | None
+    asked_to_stop: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signal:
+    signum: int
+
+
+class _StopRequested:
+    pass
+
+
+_Event = _Exited | _Signal | _StopRequested
+
+
+class Service:
+    """A named, versioned set of components with shared logging, metrics, tracing and health.
+
+    ``routes`` (``patron.http.Route`` and ``patron.http.Mount``) and ``middlewares`` go to the
+    default HTTP component on ``PATRON_HTTP_DEFAULT_PORT``, which also serves ``/alive``,
+    ``/ready``, ``/metrics`` and ``/debug/``; pass ``default_http=False`` to run without it.
+    ``sighup`` is called in the supervisor thread on SIGHUP and the service keeps running; an
+    exception from it is logged. ``config`` defaults to :meth:`Config.from_env`, which raises
+    :class:`patron.config.ConfigError` on a bad variable.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str = "",
+        *,
+        components: Iterable[Component] = (),
+        routes: Iterable[Any] = (),
+        middlewares: Sequence[Any] = (),
+        config: Config | None = None,
+        sighup: Callable[[], None] | None = None,
+        handle_signals: bool = True,
+        default_http: bool = True,
+        log_fields: Mapping[str, str] | None = None,
+    ) -> None:
+        if not name:
+            raise ValueError("a service needs a name")
+        self.name = name
+        self.version = version or "dev"
+        self.config = config if config is not None else Config.from_env()
+        self._sighup = sighup
+        self._handle_signals = handle_signals
+        self._log_fields = dict(log_fields or {})
+        self._components: dict[str, Component] = {}
+        for component in components:
+            self.add_component(component)
+        self._default_http: Component | None = None
+        if default_http:
+            from patron.http import HTTPComponent  # an HTTP-less service never imports werkzeug
+
+            self._default_http = HTTPComponent.default(self, routes, middlewares)
+        elif tuple(routes) or tuple(middlewares):
+            raise ValueError("routes and middlewares need the default HTTP component")
+
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._stops: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._started = False
+        self._draining = threading.Event()
+        self._done = threading.Event()
+        self._exit_code: int | None = None
+        self._signal_count = 0
+
+    # -- composition -------------------------------------------------------------------------
+
+    def add_component(self, component: Component) -> None:
+        """Add a component before the service starts; names are made unique with a suffix."""
+        if not callable(getattr(component, "run", None)):
+            raise TypeError(f"{component!r} is not a component: it has no run(stop) method")
+        if getattr(self, "_started", False):
+            raise RuntimeError("components must be added before the service starts")
+        base = name_of(component)
+        name, n = base, 1
+        while name in self._components:
+            n += 1
+            name = f"{base}#{n}"
+        self._components[name] = component
+
+    @property
+    def components(self) -> dict[str, Component]:
+        """Every component by name, the default HTTP component last."""
+        everything = dict(self._components)
+        if self._default_http is not None:
+            everything[name_of(self._default_http)] = self._default_http
+        return everything
+
+    # -- health ------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True while the service is not shutting down and every component is ready."""
+        return (
+            self._started
+            and not self._draining.is_set()
+            and all(_safe(is_ready, c) for c in self.components.values())
+        )
+
+    def alive(self) -> bool:
+        """True while every component reports itself alive."""
+        return not self._done.is_set() and all(_safe(is_alive, c) for c in self.components.values())
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, supervise in the calling thread until shutdown ends; return the exit status.
+
+        Installs SIGTERM, SIGINT and SIGHUP handlers when called in the main thread and
+        ``handle_signals`` is true, and restores the previous handlers before returning.
+        """
+        self._start_components()
+        previous = self._install_signals()
+        try:
+            return self._supervise()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def start(self) -> Service:
+        """Start the components and a supervisor thread; return at once. Takes no signals."""
+        self._start_components()
+        threading.Thread(target=self._supervise, name="patron-supervisor", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Ask for an orderly shutdown; safe from any thread, and more than once.
+
+        Readiness is false when this returns; the rest happens in the supervisor thread.
+        """
+        self._draining.set()
+        self._events.put(_StopRequested())
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until shutdown ends; return the exit status, or None on ``timeout``."""
+        self._done.wait(timeout)
+        return self._exit_code
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self.wait()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start_components(self) -> None:
+        if self._started:
+            raise RuntimeError(f"service {self.name!r} was already started")
+        cfg = self.config
+        log.setup(self.name, self.version, cfg.log_level, cfg.log_format, self._log_fields)
+        tracing.setup(self.name, cfg)
+        self._started = True
+        for name, component in self.components.items():
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._run_component,
+                args=(name, component, stop),
+                name=f"patron-{name}",
+                daemon=True,  # joined at shutdown; daemon only so an abandoned one can't hang exit
+            )
+            self._stops[name] = stop
+            self._threads[name] = thread
+            thread.start()
+        logger.info(
+            "service %s %s started with components: %s",
+            self.name, self.version, ", ".join(self._threads),
+        )
+
+    def _run_component(self, name: str, component: Component, stop: threading.Event) -> None:
+        error: BaseException | None = None
+        try:
+            component.run(stop)
+        except BaseException as exc:  # the supervisor decides; nothing may vanish silently
+            error = exc
+            logger.error("component %s failed: %r", name, exc, exc_info=exc)
+        self._events.put(_Exited(name, error, stop.is_set()))
+
+    def _install_signals(self) -> dict[int, Any]:
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum != signal.SIGHUP or self._sighup is None:
+            self._signal_count += 1
+            if self._signal_count > 1:
+                # The operator insists: skip the orderly shutdown. Runs in the main thread.
+                logger.warning("second %s: exiting at once", signal.Signals(signum).name)
+                logging.shutdown()
+                os._exit(128 + signum)
+            self._draining.set()
+        self._events.put(_Signal(signum))
+
+    def _supervise(self) -> int:
+        exits: dict[str, _Exited] = {}
+        while True:
+            event = self._events.get()
+            if isinstance(event, _Signal):
+                if event.signum == signal.SIGHUP and self._sighup is not None:
+                    self._run_sighup_hook()
+                    continue
+                logger.info("received %s: shutting down", signal.Signals(event.signum).name)
+            elif isinstance(event, _Exited):
+                exits[event.name] = event
+                if event.error is None:
+                    logger.error("component %s returned before it was asked to stop", event.name)
+            else:
+                logger.info("stop requested: shutting down")
+            break
+        code = self._shutdown(exits)
+        self._exit_code = code
+        self._done.set()
+        return code
+
+    def _run_sighup_hook(self) -> None:
+        logger.info("received SIGHUP: running the hook")
+        try:
+            assert self._sighup is not None
+            self._sighup()
+        except Exception:
+            logger.exception("the SIGHUP hook failed; the service keeps running")
+
+    def _drain(self, exits: dict[str, _Exited]) -> None:
+        self._draining.set()
+        delay = self.config.drain_delay
+        if delay > 0:
+            logger.info("draining for %.1fs before stopping components", delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(event, _Exited):
+                exits[event.name] = event
+
+    def _stop_and_join(self, names: list[str], deadline: float, exits: dict[str, _Exited]) -> None:
+        for name in names:
+            self._stops[name].set()
+        pending = {n for n in names if n not in exits}
+        while pending and (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(event, _Exited):
+                exits[event.name] = event
+                pending.discard(event.name)
+        for name in names:
+            if name in exits:
+                self._threads[name].join()
+
+    def _shutdown(self, exits: dict[str, _Exited]) -> int:
+        self._drain(exits)
+        started = time.monotonic()
+        deadline = started + self.config.shutdown_timeout
+        http_name = name_of(self._default_http) if self._default_http is not None else None
+        users = [n for n in self._threads if n != http_name]
+        self._stop_and_join(users, deadline, exits)
+        if http_name is not None:
+            self._stop_and_join([http_name], deadline, exits)
+
+        code = EXIT_OK
+        for name in self._threads:
+            exit_ = exits.get(name)
+            if exit_ is None:
+                logger.error(
+                    "component %s did not stop within %.1fs; abandoning its thread",
+                    name, self.config.shutdown_timeout,
+                )
+                code = max(code, EXIT_TIMEOUT)
+            elif exit_.error is not None or not exit_.asked_to_stop:
+                code = EXIT_FAILURE if code == EXIT_OK else code
+        failed = [n for n, e in exits.items() if e.error is not None or not e.asked_to_stop]
+        tracing.close(TRACE_FLUSH_TIMEOUT)
+        took = time.monotonic() - started
+        if code == EXIT_OK:
+            logger.info("service %s stopped cleanly in %.2fs", self.name, took)
+        else:
+            culprits = failed + [n for n in self._threads if n not in exits]
+            logger.error(
+                "service %s stopped with status %d in %.2fs; responsible: %s",
+                self.name, code, took, ", ".join(culprits),
+            )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        return code
+
+
+def _safe(probe: Callable[[object], bool], component: object) -> bool:
+    try:
+        return probe(component)
+    except Exception:
+        logger.warning("health probe of %s raised", name_of(component), exc_info=True)
+        return False

@@ -1,0 +1,118 @@
+"""Jaeger tracing through the OpenTracing API.
+
+:func:`setup` builds a jaeger-client tracer from the ``PATRON_JAEGER_*`` settings and makes it the
+OpenTracing global tracer, with a scope manager backed by ``contextvars`` so the active span
+follows the request or message a thread is working on. Until then (for example in a unit test)
+the global tracer is OpenTracing's no-op tracer and every helper here still works.
+
+Span context travels in text-map carriers: HTTP headers, gRPC metadata, Kafka and AMQP headers,
+SQS message attributes. :func:`inject` and :func:`start_span` are the only places that touch a
+carrier, so every transport propagates in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import opentracing
+from opentracing.ext import tags
+from opentracing.scope_managers.contextvars import ContextVarsScopeManager
+
+from patron.config import Config
+
+__all__ = ["close", "inject", "setup", "start_span", "tags"]
+
+logger = logging.getLogger(__name__)
+
+_tracer: Any = None
+
+
+def setup(service_name: str, config: Config) -> opentracing.Tracer:
+    """Create the Jaeger tracer for ``service_name`` and install it as the global tracer.
+
+    With the default sampler (probabilistic, 0.0) no trace is ever sampled, so nothing is sent.
+    """
+    global _tracer
+    from jaeger_client import Config as JaegerConfig  # deferred: it pulls in tornado
+
+    jaeger = JaegerConfig(
+        config={
+            "sampler": {"type": config.jaeger_sampler_type, "param": config.jaeger_sampler_param},
+            "local_agent": {
+                "reporting_host": config.jaeger_agent_host,
+                "reporting_port": config.jaeger_agent_port,
+            },
+            "logging": False,
+        },
+        service_name=service_name,
+        scope_manager=ContextVarsScopeManager(),
+        validate=True,
+    )
+    _tracer = jaeger.new_tracer()
+    opentracing.set_global_tracer(_tracer)
+    return _tracer
+
+
+def close(timeout: float = 5.0) -> bool:
+    """Flush buffered spans to the agent, waiting at most ``timeout`` seconds.
+
+    Returns False when the flush did not finish in time. Safe to call from any thread, and a
+    no-op when :func:`setup` was not called.
+    """
+    global _tracer
+    tracer, _tracer = _tracer, None
+    if tracer is None:
+        return True
+    opentracing.set_global_tracer(opentracing.Tracer())
+    flushed = threading.Event()
+
+    def close_on_loop() -> None:
+        # jaeger-client's reporter lives on its own tornado loop; its futures belong there.
+        tracer.close().add_done_callback(lambda _future: flushed.set())
+
+    tracer.reporter.io_loop.add_callback(close_on_loop)
+    if not flushed.wait(timeout):
+        logger.warning("tracing: spans not flushed within %.1fs", timeout)
+        return False
+    return True
+
+
+def tracer() -> opentracing.Tracer:
+    return opentracing.global_tracer()
+
+
+def start_span(
+    operation: str,
+    carrier: Mapping[str, str] | None = None,
+    kind: str = tags.SPAN_KIND_RPC_SERVER,
+    component: str = "",
+) -> opentracing.Scope:
+    """Start an active span, continuing the trace found in ``carrier`` when there is one.
+
+    Use it as a context manager: the span is finished when the block ends, and an exception
+    leaving the block marks the span as an error.
+    """
+    active = opentracing.global_tracer()
+    parent = None
+    if carrier:
+        try:
+            parent = active.extract(opentracing.Format.TEXT_MAP, carrier)
+        except (opentracing.SpanContextCorruptedException, opentracing.InvalidCarrierException):
+            parent = None
+        except Exception:  # a malformed header must never fail the request
+            logger.debug("tracing: could not extract span context", exc_info=True)
+    span_tags = {tags.SPAN_KIND: kind}
+    if component:
+        span_tags[tags.COMPONENT] = component
+    return active.start_active_span(operation, child_of=parent, tags=span_tags)
+
+
+def inject(carrier: MutableMapping[str, str]) -> None:
+    """Write the active span's context into ``carrier`` (no-op when no span is active)."""
+    active = opentracing.global_tracer()
+    span = active.active_span
+    if span is not None:
+        active.inject(span.context, opentracing.Format.TEXT_MAP, carrier)

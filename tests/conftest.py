@@ -1,0 +1,94 @@
+"""Helpers shared by every test package: free ports, waiting on conditions, service processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test at ``timeout``.
+
+    For facts outside the test's control (a process's port, a broker's state); prefer events
+    for anything in-process.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+        except Exception as exc:  # the condition may not be checkable yet
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last_error!r})")
+
+
+class ServiceProcess:
+    """``python -m patron TARGET`` in its own session, with output captured to files."""
+
+    def __init__(self, target: str, env: Mapping[str, str], tmp: Path) -> None:
+        self.stdout_path = tmp / f"{target.replace(':', '_')}-{time.monotonic_ns()}.out"
+        self._out = self.stdout_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "patron", target],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._out.close()
+        return code
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.stdout_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``python -m patron TARGET`` processes; every one is killed at the end of the test."""
+    started: list[ServiceProcess] = []
+
+    def start(target: str, **env: str) -> ServiceProcess:
+        process = ServiceProcess(target, env, tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

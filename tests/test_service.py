@@ -1,0 +1,204 @@
+"""The Service in-process: lifecycle, failures, timeouts, readiness and embedding."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from patron import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, Config, Service
+
+FAST = Config(shutdown_timeout=2.0, drain_delay=0.0)
+
+
+class Blocking:
+    """Runs until stopped; records that it was stopped."""
+
+    def __init__(self, name: str = "blocking") -> None:
+        self.name = name
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        self.started.set()
+        stop.wait()
+        self.stopped.set()
+
+
+class Failing:
+    name = "failing"
+
+    def __init__(self, after: threading.Event) -> None:
+        self.after = after
+
+    def run(self, stop: threading.Event) -> None:
+        self.after.wait()
+        raise RuntimeError("disk on fire")
+
+
+class Stubborn:
+    """Ignores its stop event until the test releases it."""
+
+    name = "stubborn"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        self.release.wait()
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.INFO, logger="patron")
+    yield caplog
+
+
+def make(*components: object, config: Config = FAST) -> Service:
+    return Service("test", "1", components=components, config=config, default_http=False)  # type: ignore[arg-type]
+
+
+def test_clean_stop_returns_zero_and_stops_every_component() -> None:
+    a, b = Blocking("a"), Blocking("b")
+    service = make(a, b).start()
+    assert a.started.wait(5) and b.started.wait(5)
+    service.stop()
+    assert service.wait(10) == EXIT_OK
+    assert a.stopped.is_set() and b.stopped.is_set()
+
+
+def test_failure_stops_the_others_and_names_the_component(
+    records: pytest.LogCaptureFixture,
+) -> None:
+    go = threading.Event()
+    survivor = Blocking("survivor")
+    service = make(survivor, Failing(go)).start()
+    assert survivor.started.wait(5)
+    go.set()
+    assert service.wait(10) == EXIT_FAILURE
+    assert survivor.stopped.is_set()
+    failure = [r for r in records.records if "component failing failed" in r.getMessage()]
+    assert failure and failure[0].exc_info is not None
+    assert "RuntimeError" in failure[0].getMessage()
+    assert any("responsible: failing" in r.getMessage() for r in records.records)
+
+
+def test_returning_early_is_an_unexpected_exit(records: pytest.LogCaptureFixture) -> None:
+    class Quitter:
+        name = "quitter"
+
+        def run(self, stop: threading.Event) -> None:
+            return None
+
+    service = make(Blocking(), Quitter()).start()
+    assert service.wait(10) == EXIT_FAILURE
+    assert any("quitter returned before" in r.getMessage() for r in records.records)
+
+
+def test_component_ignoring_stop_times_out_and_is_named(records: pytest.LogCaptureFixture) -> None:
+    stubborn, polite = Stubborn(), Blocking("polite")
+    service = make(stubborn, polite, config=Config(shutdown_timeout=0.3)).start()
+    assert polite.started.wait(5)
+    service.stop()
+    try:
+        assert service.wait(10) == EXIT_TIMEOUT
+        assert polite.stopped.is_set()
+        messages = [r.getMessage() for r in records.records]
+        assert any("component stubborn did not stop within 0.3s" in m for m in messages)
+        assert any("responsible: stubborn" in m for m in messages)
+    finally:
+        stubborn.release.set()
+
+
+def test_readiness_turns_false_at_once_and_components_run_through_the_drain() -> None:
+    class Ready(Blocking):
+        def ready(self) -> bool:
+            return self.started.is_set()
+
+    component = Ready()
+    service = make(component, config=Config(drain_delay=1.0, shutdown_timeout=2.0))
+    assert not service.ready()  # not started yet
+    service.start()
+    assert component.started.wait(5)
+    assert service.ready()
+    service.stop()
+    assert not service.ready()
+    # Still draining: the component has not been told to stop yet.
+    assert not component.stopped.wait(0.3)
+    assert service.wait(10) == EXIT_OK
+    assert component.stopped.is_set()
+
+
+def test_component_readiness_gates_the_service() -> None:
+    gate = threading.Event()
+
+    class Gated(Blocking):
+        def ready(self) -> bool:
+            return gate.is_set()
+
+    component = Gated()
+    with make(component) as service:
+        assert component.started.wait(5)
+        assert not service.ready()
+        gate.set()
+        assert service.ready()
+
+
+def test_a_raising_probe_counts_as_not_ready() -> None:
+    class Broken(Blocking):
+        def ready(self) -> bool:
+            raise OSError("probe failed")
+
+        def alive(self) -> bool:
+            raise OSError("probe failed")
+
+    component = Broken()
+    with make(component) as service:
+        assert component.started.wait(5)
+        assert not service.ready()
+        assert not service.alive()
+
+
+def test_embedded_in_a_non_main_thread_with_context_manager() -> None:
+    component = Blocking()
+    result: dict[str, object] = {}
+
+    def host() -> None:
+        with make(component) as service:
+            result["started"] = component.started.wait(5)
+            result["ready"] = service.ready()
+        result["code"] = service.wait(0)
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    thread.join(15)
+    assert result == {"started": True, "ready": True, "code": EXIT_OK}
+    assert component.stopped.is_set()
+
+
+def test_start_twice_is_refused() -> None:
+    service = make(Blocking()).start()
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            service.start()
+    finally:
+        service.stop()
+        service.wait(10)
+
+
+def test_component_names_are_unique_and_non_components_refused() -> None:
+    service = make(Blocking("x"), Blocking("x"), Blocking("x"))
+    assert list(service.components) == ["x", "x#2", "x#3"]
+    with pytest.raises(TypeError, match="no run"):
+        service.add_component(object())  # type: ignore[arg-type]
+
+
+def test_routes_without_the_default_http_component_are_refused() -> None:
+    with pytest.raises(ValueError, match="default HTTP"):
+        Service("x", routes=[object()], default_http=False, config=FAST)
+
+
+def test_version_defaults_to_dev() -> None:
+    assert Service("x", config=FAST, default_http=False).version == "dev"
