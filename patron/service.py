@@ -121,6 +121,7 @@ class Service:
         self._draining = threading.Event()
         self._done = threading.Event()
         self._exit_code: int | None = None
+        self._supervisor: threading.Thread | None = None
         self._signal_count = 0
 
     # -- composition -------------------------------------------------------------------------
@@ -183,7 +184,10 @@ class Service:
     def start(self) -> Service:
         """Start the components and a supervisor thread; return at once. Takes no signals."""
         self._start_components()
-        threading.Thread(target=self._supervise, name="patron-supervisor", daemon=True).start()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="patron-supervisor", daemon=True
+        )
+        self._supervisor.start()
         return self
 
     def stop(self) -> None:
@@ -196,7 +200,10 @@ class Service:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until shutdown ends; return the exit status, or None on ``timeout``."""
-        self._done.wait(timeout)
+        if not self._done.wait(timeout):
+            return None
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()  # it has nothing left to do but return
         return self._exit_code
 
     def __enter__(self) -> Service:

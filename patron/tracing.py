@@ -73,10 +73,18 @@ def close(timeout: float = 5.0) -> bool:
         # jaeger-client's reporter lives on its own tornado loop; its futures belong there.
         tracer.close().add_done_callback(lambda _future: flushed.set())
 
-    tracer.reporter.io_loop.add_callback(close_on_loop)
+    io_loop = tracer.reporter.io_loop
+    io_loop.add_callback(close_on_loop)
     if not flushed.wait(timeout):
         logger.warning("tracing: spans not flushed within %.1fs", timeout)
         return False
+    # jaeger-client never stops the thread it started for its loop; stop it so that a process
+    # that runs several services (tests, embedding hosts) does not collect idle threads.
+    thread_loop = getattr(getattr(tracer.reporter, "_channel", None), "_thread_loop", None)
+    thread = getattr(thread_loop, "_thread", None)
+    if thread is not None:
+        io_loop.add_callback(io_loop.stop)
+        thread.join(timeout)
     return True
 
 
