@@ -49,6 +49,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_TIMEOUT = 3
 TRACE_FLUSH_TIMEOUT = 5.0
+HTTP_STOP_MINIMUM = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +339,10 @@ class Service:
         users = [n for n in self._threads if n != http_name]
         self._stop_and_join(users, deadline, exits)
         if http_name is not None:
-            self._stop_and_join([http_name], deadline, exits)
+            # When a user component used up the whole timeout, the HTTP component still gets a
+            # moment to close its listener, so it is not blamed for someone else's hang.
+            http_deadline = max(deadline, time.monotonic() + HTTP_STOP_MINIMUM)
+            self._stop_and_join([http_name], http_deadline, exits)
 
         code = EXIT_OK
         for name in self._threads:

@@ -38,9 +38,12 @@ def setup(service_name: str, config: Config) -> opentracing.Tracer:
     global _tracer
     from jaeger_client import Config as JaegerConfig  # deferred: it pulls in tornado
 
+    param: float | int = config.jaeger_sampler_param
+    if config.jaeger_sampler_type == "const":
+        param = int(param)  # jaeger-client reads the const decision 1.0 as false, 1 as true
     jaeger = JaegerConfig(
         config={
-            "sampler": {"type": config.jaeger_sampler_type, "param": config.jaeger_sampler_param},
+            "sampler": {"type": config.jaeger_sampler_type, "param": param},
             "local_agent": {
                 "reporting_host": config.jaeger_agent_host,
                 "reporting_port": config.jaeger_agent_port,

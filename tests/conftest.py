@@ -69,7 +69,8 @@ class ServiceProcess:
         return code
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.stdout_path.read_text(errors="replace")
 
     def kill(self) -> None:

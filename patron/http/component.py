@@ -74,7 +74,7 @@ class HTTPComponent:
         self._management_paths = frozenset(route.pattern for route in management)
         self._server: Server | None = None
         self._listening = threading.Event()
-        self._observe = Observer(status_error_logging, self._closing)
+        self._observe = Observer(status_error_logging)
 
     @classmethod
     def default(

@@ -142,7 +142,7 @@ def _sample_all_threads(seconds: float) -> Session:
         min_interval=PROFILE_INTERVAL,
         max_interval=PROFILE_INTERVAL,
         sample_count=samples,
-        start_call_stack=[],
+        start_call_stack=["all threads\x00<profile>\x000"],  # pyinstrument pops one; none matches
         target_description=f"all threads for {seconds:g}s",
         cpu_time=time.process_time() - cpu_start,
         sys_path=list(sys.path),

