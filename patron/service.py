@@ -50,6 +50,7 @@ EXIT_FAILURE = 1
 EXIT_TIMEOUT = 3
 TRACE_FLUSH_TIMEOUT = 5.0
 HTTP_STOP_MINIMUM = 1.0
+EVENT_POLL = 0.1  # longest a signal may wait for its handler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +175,9 @@ class Service:
         Installs SIGTERM, SIGINT and SIGHUP handlers when called in the main thread and
         ``handle_signals`` is true, and restores the previous handlers before returning.
         """
-        self._start_components()
-        previous = self._install_signals()
+        previous = self._install_signals()  # first, so no signal finds the default handler
         try:
+            self._start_components()
             return self._supervise()
         finally:
             for signum, handler in previous.items():
@@ -272,10 +273,25 @@ class Service:
             self._draining.set()
         self._events.put(_Signal(signum))
 
+    def _next_event(self, deadline: float | None = None) -> _Event | None:
+        """The next event, or None once ``deadline`` (monotonic) has passed.
+
+        Waits in short slices: a signal that arrives just before a blocking wait begins does
+        not interrupt it, and its Python handler only runs once the wait returns.
+        """
+        while True:
+            left = EVENT_POLL if deadline is None else min(EVENT_POLL, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            try:
+                return self._events.get(timeout=left)
+            except queue.Empty:
+                continue
+
     def _supervise(self) -> int:
         exits: dict[str, _Exited] = {}
         while True:
-            event = self._events.get()
+            event = self._next_event()
             if isinstance(event, _Signal):
                 if event.signum == signal.SIGHUP and self._sighup is not None:
                     self._run_sighup_hook()
@@ -307,11 +323,7 @@ class Service:
         if delay > 0:
             logger.info("draining for %.1fs before stopping components", delay)
         deadline = time.monotonic() + delay
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self._events.get(timeout=left)
-            except queue.Empty:
-                break
+        while (event := self._next_event(deadline)) is not None:
             if isinstance(event, _Exited):
                 exits[event.name] = event
 
@@ -319,11 +331,7 @@ class Service:
         for name in names:
             self._stops[name].set()
         pending = {n for n in names if n not in exits}
-        while pending and (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self._events.get(timeout=left)
-            except queue.Empty:
-                break
+        while pending and (event := self._next_event(deadline)) is not None:
             if isinstance(event, _Exited):
                 exits[event.name] = event
                 pending.discard(event.name)

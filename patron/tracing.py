@@ -19,11 +19,12 @@ from typing import Any
 
 import opentracing
 from opentracing.ext import tags
+from opentracing.ext import tags as ot_tags  # the parameter of start_span shadows the module
 from opentracing.scope_managers.contextvars import ContextVarsScopeManager
 
 from patron.config import Config
 
-__all__ = ["close", "inject", "setup", "start_span", "tags"]
+__all__ = ["close", "inject", "is_sampled", "setup", "start_span", "tags"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,24 @@ def tracer() -> opentracing.Tracer:
     return opentracing.global_tracer()
 
 
+def is_sampled(span: opentracing.Span) -> bool:
+    """Whether ``span`` will be reported; tags on an unsampled span are wasted work."""
+    sampled = getattr(span, "is_sampled", None)
+    return True if sampled is None else bool(sampled())
+
+
 def start_span(
     operation: str,
     carrier: Mapping[str, str] | None = None,
-    kind: str = tags.SPAN_KIND_RPC_SERVER,
+    kind: str = ot_tags.SPAN_KIND_RPC_SERVER,
     component: str = "",
+    tags: Mapping[str, object] | None = None,
 ) -> opentracing.Scope:
     """Start an active span, continuing the trace found in ``carrier`` when there is one.
 
-    Use it as a context manager: the span is finished when the block ends, and an exception
-    leaving the block marks the span as an error.
+    ``tags`` are set only when the span is sampled. Use the result as a context manager: the
+    span is finished when the block ends, and an exception leaving the block marks the span as
+    an error.
     """
     active = opentracing.global_tracer()
     parent = None
@@ -115,10 +124,15 @@ def start_span(
             parent = None
         except Exception:  # a malformed header must never fail the request
             logger.debug("tracing: could not extract span context", exc_info=True)
-    span_tags = {tags.SPAN_KIND: kind}
-    if component:
-        span_tags[tags.COMPONENT] = component
-    return active.start_active_span(operation, child_of=parent, tags=span_tags)
+    scope = active.start_active_span(operation, child_of=parent)
+    span = scope.span
+    if is_sampled(span):
+        span.set_tag(ot_tags.SPAN_KIND, kind)
+        if component:
+            span.set_tag(ot_tags.COMPONENT, component)
+        for key, value in (tags or {}).items():
+            span.set_tag(key, value)
+    return scope
 
 
 def inject(carrier: MutableMapping[str, str]) -> None:

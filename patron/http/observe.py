@@ -84,7 +84,7 @@ class _Exchange:
     """The state of one request while it passes through the chain."""
 
     __slots__ = (
-        "_cid_scope", "_observer", "_span_scope", "_start_response", "cid", "method",
+        "_cid_token", "_observer", "_span_scope", "_start_response", "cid", "method",
         "pattern", "started", "status",
     )
 
@@ -104,18 +104,17 @@ class _Exchange:
         self.started = started
         self._start_response = start_response
         self.status = 500
-        self._cid_scope: Any = None
+        self._cid_token: Any = None
         self._span_scope: Any = None
 
     def enter(self, carrier: dict[str, str] | None) -> None:
-        self._cid_scope = correlation.correlation_id(self.cid)
-        self._cid_scope.__enter__()
+        self._cid_token = correlation.bind(self.cid)
         self._span_scope = tracing.start_span(
-            f"{self.method} {self.pattern}", carrier=carrier, component="http"
+            f"{self.method} {self.pattern}",
+            carrier=carrier,
+            component="http",
+            tags={"http.method": self.method, "correlationID": self.cid},
         )
-        span = self._span_scope.span
-        span.set_tag("http.method", self.method)
-        span.set_tag("correlationID", self.cid)
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -145,9 +144,10 @@ class _Exchange:
         children[0].inc()
         children[1].observe(elapsed)
         span = self._span_scope.span
-        span.set_tag("http.status_code", status)
-        if status >= 500:
-            span.set_tag("error", True)
+        if tracing.is_sampled(span):
+            span.set_tag("http.status_code", status)
+            if status >= 500:
+                span.set_tag("error", True)
         self._span_scope.close()
         level = logging.ERROR if status in self._observer._error_statuses else logging.DEBUG
         if logger.isEnabledFor(level):
@@ -156,7 +156,7 @@ class _Exchange:
                 "%s %s %d %.1fms", self.method, self.pattern, status, elapsed * 1000,
                 extra={"method": self.method, "path": self.pattern, "status": status},
             )
-        self._cid_scope.__exit__(None, None, None)
+        correlation.unbind(self._cid_token)
 
 
 class _ClosingBody:

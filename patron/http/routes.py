@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request as _Request
 from werkzeug.wrappers import Response
 
@@ -79,26 +79,61 @@ class Mount:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
 
-def to_response(result: ResponseLike) -> Response:
-    if isinstance(result, Response):
-        return result
+def _encode(result: object) -> tuple[bytes, str]:
+    """The body and content type of a plain (non-Response) handler result."""
     if isinstance(result, str):
-        return Response(result, mimetype="text/plain")
+        return result.encode(), "text/plain; charset=utf-8"
     if isinstance(result, bytes):
-        return Response(result, mimetype="application/octet-stream")
+        return result, "application/octet-stream"
     if isinstance(result, (dict, list)):
-        return Response(json.dumps(result), mimetype="application/json")
+        return json.dumps(result).encode(), "application/json"
     raise TypeError(f"a handler returned {type(result).__name__}, not a response")
 
 
-def _chain(handler: Handler, middlewares: Sequence[Middleware]) -> Callable[..., Response]:
-    def call_handler(request: Request) -> Response:
-        return to_response(handler(request, **request.url_values))
+def to_response(result: ResponseLike) -> Response:
+    """A werkzeug Response for any value a handler may return."""
+    if isinstance(result, Response):
+        return result
+    body, content_type = _encode(result)
+    return Response(body, content_type=content_type)
 
-    wrapped: NextHandler = call_handler
-    for middleware in reversed(middlewares):
-        wrapped = _wrap(middleware, wrapped)
-    return wrapped
+
+class _Endpoint:
+    """A route's handler behind its middlewares, as matched by the router."""
+
+    def __init__(self, handler: Handler, middlewares: Sequence[Middleware]) -> None:
+        self.handler = handler
+        self.chain: NextHandler | None = None
+        if middlewares:
+            chain: NextHandler = self._call_handler
+            for middleware in reversed(middlewares):
+                chain = _wrap(middleware, chain)
+            self.chain = chain
+
+    def _call_handler(self, request: Request) -> Response:
+        return to_response(self.handler(request, **request.url_values))
+
+    def respond(
+        self, environ: dict[str, Any], start_response: Any, values: Mapping[str, Any]
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        request.url_values = dict(values)
+        try:
+            if self.chain is not None:
+                result: ResponseLike = self.chain(request)
+            else:
+                result = self.handler(request, **request.url_values)
+        except HTTPException as exc:
+            result = exc.get_response(environ)
+        if isinstance(result, Response):
+            return result(environ, start_response)
+        # A plain result is written straight to the server: the same status, headers and body
+        # a werkzeug Response would send, at a fraction of the cost on a hot path.
+        body, content_type = _encode(result)
+        start_response(
+            "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
 def _wrap(middleware: Middleware, following: NextHandler) -> NextHandler:
@@ -120,13 +155,16 @@ class Router:
             if isinstance(item, Mount):
                 self.mounts.append(item)
             elif isinstance(item, Route):
-                chained = _chain(item.handler, [*middlewares, *item.middlewares])
-                rules.append(Rule(item.pattern, methods=item.method_list(), endpoint=chained))
+                endpoint = _Endpoint(item.handler, [*middlewares, *item.middlewares])
+                rules.append(Rule(item.pattern, methods=item.method_list(), endpoint=endpoint))
             else:
                 raise TypeError(f"{item!r} is neither a Route nor a Mount")
         # Longest prefix first, so /api/v2 wins over /api.
         self.mounts.sort(key=lambda m: len(m.prefix), reverse=True)
         self.map = Map(rules, strict_slashes=False)
+        # Binding the map to every request's environ costs more than matching; the bound
+        # adapter depends only on the values in _adapter_key, so it is reused per key.
+        self._adapters: dict[tuple[Any, ...], MapAdapter] = {}
 
     def match(self, environ: dict[str, Any]) -> tuple[str, WSGIApplication]:
         """``(pattern, wsgi_app)`` for the route or mount that fits the request.
@@ -138,26 +176,52 @@ class Router:
         for mount in self.mounts:
             if mount.matches(path):
                 return mount.pattern, _mounted(mount)
-        adapter = self.map.bind_to_environ(environ)
+        method = environ["REQUEST_METHOD"]
+        key = _adapter_key(environ)
+        adapter = self._adapters.get(key)
+        if adapter is None or not method:
+            # A bad Host header raises BadHost here, exactly as an unshared adapter would.
+            adapter = self.map.bind_to_environ(environ)
+            if len(self._adapters) < _ADAPTER_CACHE_SIZE:
+                self._adapters[key] = adapter
+        # Pass what bind_to_environ would have bound for this request, so a shared adapter
+        # matches (and builds redirect URLs) exactly as a fresh one.
+        path_info = environ.get("PATH_INFO")
+        query = environ.get("QUERY_STRING")
         try:
-            rule, values = adapter.match(return_rule=True)
+            rule, values = adapter.match(
+                "/" if path_info is None else _wsgi_decode(path_info),
+                method or None,
+                return_rule=True,
+                query_args=_wsgi_decode(query) if query else {},
+            )
         except HTTPException as exc:
             return "unmatched", exc
         endpoint = rule.endpoint
         return rule.rule, _routed(endpoint, values)
 
 
-def _routed(
-    endpoint: Callable[[Request], Response], values: Mapping[str, Any]
-) -> WSGIApplication:
+_ADAPTER_CACHE_SIZE = 64  # distinct hosts/schemes/script names; more are bound per request
+# Everything Map.bind_to_environ reads except PATH_INFO, QUERY_STRING and REQUEST_METHOD,
+# which Router.match passes to MapAdapter.match for each request.
+_ADAPTER_ENVIRON_KEYS = (
+    "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME",
+    "HTTP_CONNECTION", "HTTP_UPGRADE",
+)
+
+
+def _adapter_key(environ: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(environ.get(name) for name in _ADAPTER_ENVIRON_KEYS)
+
+
+def _wsgi_decode(value: str) -> str:
+    # What werkzeug does to WSGI strings (latin-1 code points carrying UTF-8 bytes).
+    return value.encode("latin1").decode(errors="replace")
+
+
+def _routed(endpoint: _Endpoint, values: Mapping[str, Any]) -> WSGIApplication:
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        request = Request(environ)
-        request.url_values = dict(values)
-        try:
-            response = endpoint(request)
-        except HTTPException as exc:
-            response = exc.get_response(environ)
-        return response(environ, start_response)
+        return endpoint.respond(environ, start_response, values)
 
     return app
 

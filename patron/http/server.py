@@ -36,6 +36,29 @@ logger = logging.getLogger("patron.http")
 LOOP_TIMEOUT = 0.05  # how often the loop looks at the stop event when nothing happens
 CLEANUP_INTERVAL = 0.5
 CONNECTION_LIMIT = 1000
+QUEUE_WARNING_INTERVAL = 10.0
+
+
+class _EveryInterval(logging.Filter):
+    """Lets one record through per interval: waitress warns about its task queue depth on
+    every request while all workers are busy, which under load floods the log."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
+
+
+_queue_logger = logging.getLogger("waitress.queue")
+if not any(isinstance(f, _EveryInterval) for f in _queue_logger.filters):
+    _queue_logger.addFilter(_EveryInterval(QUEUE_WARNING_INTERVAL))
 
 
 class _Task(WSGITask):
