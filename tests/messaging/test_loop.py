@@ -1,0 +1,449 @@
+"""The consumer loop against an in-memory transport: batching, acknowledgement, failures,
+connection retries and the stop sequence, which every transport inherits."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patron import correlation
+from patron.messaging import (
+    Batch,
+    ConnectionRetry,
+    ConsumerLoop,
+    FailureStrategy,
+    MessageState,
+    PermanentError,
+    ProcessingError,
+    Retry,
+    TransportError,
+    dedupe_by_key,
+    per_message,
+)
+from tests.conftest import wait_for
+from tests.messaging.fakes import FakeTransport, ScriptedTransport
+
+FAST = Retry(count=0, wait=0.01, backoff=1.0)
+NO_RETRY = ConnectionRetry(count=0, wait=0.0)
+
+
+class Running:
+    """A loop running in its own thread, like a component under a Service."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="test-loop")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.loop.run(self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout: float = 5.0) -> BaseException | None:
+        self.stop.set()
+        return self.join(timeout)
+
+    def join(self, timeout: float = 5.0) -> BaseException | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the loop did not return"
+        return self.error
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[ConsumerLoop], Running]]:
+    started: list[Running] = []
+
+    def start(loop: ConsumerLoop) -> Running:
+        run = Running(loop)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop.set()
+        run.thread.join(5)
+
+
+def make_loop(transport: FakeTransport, processor: Callable[[Batch], None], **kw: object
+              ) -> ConsumerLoop:
+    kw.setdefault("poll_timeout", 0.02)
+    kw.setdefault("retry", FAST)
+    kw.setdefault("connection", NO_RETRY)
+    return ConsumerLoop(transport, processor, name="test", **kw)  # type: ignore[arg-type]
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.integers(min_value=0, max_value=12), max_size=25),
+    size=st.integers(min_value=1, max_value=10),
+)
+def test_batches_fill_to_size_keep_order_and_are_never_empty(chunks: list[int], size: int
+                                                             ) -> None:
+    stop = threading.Event()
+    transport = ScriptedTransport(chunks, stop)
+    batches: list[list[bytes]] = []
+    loop = ConsumerLoop(transport, lambda b: batches.append([m.body for m in b]),
+                        batch_size=size, batch_timeout=1000.0, poll_timeout=0.01)
+    loop.run(stop)
+    assert [body for batch in batches for body in batch] == transport.produced
+    assert all(0 < len(batch) <= size for batch in batches)
+    # With a timeout that never expires only the last batch (cut short by stop) may be short.
+    assert all(len(batch) == size for batch in batches[:-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.integers(min_value=0, max_value=12), max_size=25),
+    size=st.integers(min_value=1, max_value=10),
+)
+def test_with_a_zero_timeout_a_batch_is_what_one_fetch_returned(chunks: list[int], size: int
+                                                                ) -> None:
+    stop = threading.Event()
+    transport = ScriptedTransport(chunks, stop)
+    batches: list[int] = []
+    loop = ConsumerLoop(transport, lambda b: batches.append(len(b)), batch_size=size,
+                        batch_timeout=0.0, poll_timeout=0.01)
+    loop.run(stop)
+    expected = []
+    for chunk in chunks:
+        while chunk > 0:
+            expected.append(min(chunk, size))
+            chunk -= size
+    assert batches == expected
+
+
+def test_a_partial_batch_is_processed_when_the_batch_timeout_expires(running) -> None:
+    transport = FakeTransport()
+    seen: list[int] = []
+    done = threading.Event()
+
+    def process(batch: Batch) -> None:
+        seen.append(len(batch))
+        done.set()
+
+    run = running(make_loop(transport, process, batch_size=100, batch_timeout=0.05))
+    transport.push("a", "b", "c")
+    assert done.wait(5)
+    assert seen == [3]
+    assert run.finish() is None
+
+
+# -- acknowledgement --------------------------------------------------------------------------
+
+def test_returning_acknowledges_every_undecided_message_and_keeps_explicit_decisions(
+        running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        assert all(m.state is MessageState.PENDING for m in batch)  # nothing acked before
+        batch[1].nack(requeue=False)
+
+    run = running(make_loop(transport, process, batch_size=3, batch_timeout=1.0))
+    transport.push("a", "b", "c")
+    assert transport.wait_settled(1)
+    assert run.finish() is None
+    settled = transport.settled[0]
+    assert settled.bodies(MessageState.ACKED) == [b"a", b"c"]
+    assert settled.bodies(MessageState.NACKED) == [b"b"]
+    assert transport.closes == 1
+
+
+def test_a_decision_after_settlement_is_ignored(running) -> None:
+    transport = FakeTransport()
+    kept: list[Batch] = []
+    run = running(make_loop(transport, kept.append))
+    transport.push("a")
+    assert transport.wait_settled(1)
+    kept[0][0].nack()
+    assert kept[0][0].state is MessageState.ACKED
+    assert run.finish() is None
+
+
+def test_stop_finishes_the_batch_in_hand_settles_it_and_closes(running) -> None:
+    transport = FakeTransport()
+    entered, release = threading.Event(), threading.Event()
+
+    def process(batch: Batch) -> None:
+        entered.set()
+        assert release.wait(5)
+
+    run = running(make_loop(transport, process))
+    transport.push("a", "b")
+    assert entered.wait(5)
+    run.stop.set()
+    release.set()
+    assert run.join() is None
+    assert transport.acked == [b"a"]
+    assert transport.given_back == []  # "b" was never fetched: one message per batch
+    assert transport.closes == 1
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+def test_exit_raises_without_acknowledging_and_gives_the_message_back(running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        if batch[0].body == b"poison":
+            raise ValueError("bad payload")
+
+    run = running(make_loop(transport, process, failure=FailureStrategy.EXIT))
+    transport.push("ok", "poison", "after")
+    error = run.join()
+    assert isinstance(error, ProcessingError)
+    assert "bad payload" in str(error) and "exit" in str(error)
+    assert isinstance(error.__cause__, ValueError)
+    assert transport.acked == [b"ok"]
+    assert transport.settled[-1].items[0][1] is MessageState.PENDING
+    assert transport.given_back == [b"poison"]
+
+
+def test_skip_acknowledges_logs_and_goes_on(running, caplog: pytest.LogCaptureFixture) -> None:
+    transport = FakeTransport()
+    calls: list[bytes] = []
+
+    def process(batch: Batch) -> None:
+        calls.append(batch[0].body)
+        if batch[0].body == b"poison":
+            raise ValueError("bad payload")
+
+    run = running(make_loop(transport, process, failure="skip",
+                            retry=Retry(count=2, wait=0.001)))
+    transport.push("poison", "after", headers={"X-Correlation-Id": "cid-42"})
+    assert transport.wait_acked(2)
+    assert run.finish() is None
+    assert calls == [b"poison"] * 3 + [b"after"]  # 1 attempt + 2 retries, then on
+    poison = transport.settled[0].items[0]
+    assert poison[1] is MessageState.ACKED and isinstance(poison[3], ValueError)
+    skip_logs = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skip_logs) == 1 and skip_logs[0].levelno == logging.ERROR
+    assert getattr(skip_logs[0], "correlationID", "cid-42") == "cid-42"
+
+
+def test_retries_back_off_and_a_success_acknowledges(running) -> None:
+    transport = FakeTransport()
+    attempts: list[float] = []
+
+    def process(batch: Batch) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("transient")
+
+    run = running(make_loop(transport, process, retry=Retry(count=5, wait=0.001)))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert len(attempts) == 3
+    assert transport.settled[0].items[0][3] is None  # succeeded: no error recorded
+
+
+def test_per_message_retries_resume_at_the_failed_message(running) -> None:
+    transport = FakeTransport()
+    handled: list[bytes] = []
+    failed_once: set[bytes] = set()
+
+    def handle(message) -> None:
+        if message.body == b"b" and b"b" not in failed_once:
+            failed_once.add(b"b")
+            raise RuntimeError("once")
+        handled.append(message.body)
+
+    run = running(make_loop(transport, per_message(handle), batch_size=3, batch_timeout=1.0,
+                            retry=Retry(count=1, wait=0.001)))
+    transport.push("a", "b", "c")
+    assert transport.wait_acked(3)
+    assert run.finish() is None
+    assert handled == [b"a", b"b", b"c"]  # "a" was not handled twice
+
+
+def test_nack_strategy_hands_back_and_paces_redelivery(running) -> None:
+    transport = FakeTransport()
+    calls: list[int] = []
+    three = threading.Event()
+
+    def process(batch: Batch) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            three.set()
+        raise ValueError("always")
+
+    run = running(make_loop(transport, process, failure=FailureStrategy.NACK,
+                            retry=Retry(count=0, wait=0.05, backoff=2.0)))
+    transport.push("poison")
+    assert three.wait(5)
+    assert run.finish() is None
+    # Redelivered at once by the broker, yet the loop waited 0.05 s, then 0.1 s between calls.
+    assert transport.settled[0].items[0][1:3] == (MessageState.NACKED, True)
+    assert len(calls) <= 4
+
+
+def test_nack_strategy_can_ask_for_no_requeue(running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        raise ValueError("dead letter me")
+
+    run = running(make_loop(transport, process, failure="nack", requeue=False))
+    transport.push("poison")
+    assert transport.wait_settled(1)
+    assert run.finish() is None
+    assert transport.settled[0].items[0][1:3] == (MessageState.NACKED, False)
+
+
+def test_nack_strategy_is_refused_by_a_transport_that_cannot_nack() -> None:
+    with pytest.raises(ValueError, match="cannot nack"):
+        make_loop(FakeTransport(supports_nack=False), lambda b: None, failure="nack")
+
+
+def test_stop_during_a_retry_wait_gives_the_message_back_untouched(running) -> None:
+    transport = FakeTransport()
+    failed = threading.Event()
+
+    def process(batch: Batch) -> None:
+        failed.set()
+        raise RuntimeError("slow to recover")
+
+    run = running(make_loop(transport, process, retry=Retry(count=3, wait=30.0)))
+    transport.push("a")
+    assert failed.wait(5)
+    assert run.finish() is None  # no ProcessingError: the strategy never applied
+    assert transport.settled[0].items[0][1] is MessageState.PENDING
+    assert transport.given_back == [b"a"]
+
+
+def test_a_base_exception_from_the_processor_is_not_swallowed(running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        raise KeyboardInterrupt
+
+    run = running(make_loop(transport, process, failure="skip"))
+    transport.push("a")
+    assert isinstance(run.join(), KeyboardInterrupt)
+    assert transport.acked == [] and transport.given_back == [b"a"]
+
+
+# -- connection retries -----------------------------------------------------------------------
+
+def test_connection_failures_are_retried_then_reported(running) -> None:
+    transport = FakeTransport()
+    transport.connect_errors = [ConnectionError(f"refused {i}") for i in range(3)]
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=2, wait=0.001)))
+    error = run.join()
+    assert isinstance(error, TransportError)
+    assert "3 failed connection attempt(s)" in str(error) and "refused 2" in str(error)
+    assert transport.connects == 3 and transport.closes >= 3
+
+
+def test_a_connection_that_recovers_within_the_retries_goes_on(running) -> None:
+    transport = FakeTransport()
+    transport.connect_errors = [ConnectionError("refused")] * 2
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=2, wait=0.001)))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert transport.connects == 3
+
+
+def test_the_retry_count_starts_again_after_a_successful_fetch(running) -> None:
+    transport = FakeTransport()
+    # Failures separated by a successful fetch are never two in a row: it never gives up.
+    transport.fetch_errors = [OSError("reset"), None, OSError("reset"), None, OSError("reset")]
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=1, wait=0.001)))
+    wait_for(lambda: not transport.fetch_errors and transport.connected)
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert transport.connects == 4  # the first connect and one per failure
+
+
+def test_a_failed_settle_reconnects_and_processes_the_message_again(running) -> None:
+    transport = FakeTransport()
+    transport.settle_errors = [OSError("connection reset")]
+    processed: list[bytes] = []
+    run = running(make_loop(transport, lambda b: processed.append(b[0].body),
+                            connection=ConnectionRetry(count=1, wait=0.001)))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert processed == [b"a", b"a"]  # at-least-once: never acknowledged, so redelivered
+    assert transport.given_back == [b"a"] and transport.acked == [b"a"]
+
+
+def test_a_permanent_error_is_not_retried(running) -> None:
+    transport = FakeTransport()
+    transport.connect_errors = [PermanentError("queue q does not exist")]
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=5, wait=0.001)))
+    assert isinstance(run.join(), PermanentError)
+    assert transport.connects == 1
+
+
+def test_stop_during_the_connection_retry_wait_returns_cleanly(running) -> None:
+    transport = FakeTransport()
+    transport.connect_errors = [ConnectionError("refused")]
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=3, wait=30.0)))
+    threading.Event().wait(0)  # let it start; the stop below interrupts the 30 s wait
+    assert run.finish(timeout=5) is None
+
+
+# -- context ----------------------------------------------------------------------------------
+
+def test_a_batch_of_one_runs_with_the_message_correlation_id(running) -> None:
+    transport = FakeTransport()
+    seen: list[str | None] = []
+    run = running(make_loop(transport, lambda b: seen.append(correlation.current())))
+    transport.push("a", headers={"x-correlation-id": b"from-header"})
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert seen == ["from-header"]
+    assert correlation.current() is None
+
+
+def test_dedupe_by_key_keeps_the_latest_of_each_key_and_acknowledges_all(running) -> None:
+    transport = FakeTransport()
+    seen: list[list[bytes]] = []
+    run = running(make_loop(transport, dedupe_by_key(lambda b: seen.append([m.body for m in b])),
+                            batch_size=5, batch_timeout=1.0))
+    for body, key in [("a1", b"a"), ("b1", b"b"), ("a2", b"a"), ("n", None), ("b2", b"b")]:
+        transport.push(body, key=key)
+    assert transport.wait_acked(5)
+    assert run.finish() is None
+    assert seen == [[b"a2", b"n", b"b2"]]
+
+
+@given(st.integers(min_value=0, max_value=200), st.floats(min_value=0, max_value=100),
+       st.floats(min_value=1, max_value=10), st.floats(min_value=0, max_value=1000))
+def test_retry_delays_grow_and_are_capped(attempt: int, wait: float, backoff: float,
+                                          max_wait: float) -> None:
+    retry = Retry(count=1, wait=wait, backoff=backoff, max_wait=max_wait)
+    assert 0 <= retry.delay(attempt) <= max_wait
+    assert retry.delay(attempt) <= retry.delay(attempt + 1)
+
+
+@pytest.mark.parametrize("kw", [{"count": -1}, {"wait": -1.0}, {"backoff": 0.5}])
+def test_invalid_retry_policies_are_refused(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Retry(**kw)  # type: ignore[arg-type]
+
+
+def test_invalid_loop_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loop(FakeTransport(), lambda b: None, batch_size=0)
+    with pytest.raises(ValueError):
+        ConnectionRetry(count=-1)
