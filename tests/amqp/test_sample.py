@@ -1,0 +1,95 @@
+"""``python -m patron samples.amqp_consumer`` killed and stopped by signals mid-stream."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.amqp.conftest import Broker
+from tests.conftest import ServiceProcess, wait_for
+
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
+
+TOTAL = 300
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _start(
+    service_process: Callable[..., ServiceProcess], amqp_url: str, queue: str, out: Path
+) -> ServiceProcess:
+    return service_process(
+        "samples.amqp_consumer",
+        AMQP_URL=amqp_url,
+        AMQP_QUEUE=queue,
+        SAMPLE_OUTPUT=str(out),
+        SAMPLE_DELAY="0.005",  # about 200 messages/s: a stream long enough to interrupt
+        PATRON_HTTP_DEFAULT_PORT="0",
+    )
+
+
+def _output(process: ServiceProcess) -> str:
+    # What the process wrote; also after wait() (which closes the capture file).
+    return process.stdout_path.read_text(errors="replace")
+
+
+def _stream(broker: Broker, queue: str) -> list[str]:
+    expected = [f"m{i:03d}" for i in range(TOTAL)]
+    broker.publish(queue, [line.encode() for line in expected])
+    return expected
+
+
+def test_sigkill_mid_stream_then_restart_processes_every_message_at_least_once(
+    broker: Broker, amqp_url: str, service_process: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    queue = broker.queue()
+    expected = _stream(broker, queue)
+    out = tmp_path / "out.txt"
+    first = _start(service_process, amqp_url, queue, out)
+    wait_for(lambda: len(_lines(out)) >= 50, timeout=20)
+    first.signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert len(_lines(out)) < TOTAL, "the stream ended before the kill"
+
+    second = _start(service_process, amqp_url, queue, out)
+    wait_for(lambda: set(_lines(out)) >= set(expected), timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(15) == 0, _output(second)
+    assert set(_lines(out)) == set(expected)  # nothing lost; a few may have come twice
+    assert broker.ready(queue) == 0
+
+
+def test_sigterm_mid_stream_requeues_the_prefetched_at_once_and_nothing_runs_twice(
+    broker: Broker, amqp_url: str, service_process: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    # An existing durable queue with arguments of its own: the sample uses it as it is.
+    queue = broker.queue(arguments={"x-max-length": 100_000})
+    expected = _stream(broker, queue)
+    out = tmp_path / "out.txt"
+    first = _start(service_process, amqp_url, queue, out)
+    wait_for(lambda: len(_lines(out)) >= 50, timeout=20)
+    signalled = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0, _output(first)
+    stopped_in = time.monotonic() - signalled
+    done = _lines(out)
+    assert len(done) < TOTAL, "the stream ended before SIGTERM"
+    # Everything not processed is back in the queue as soon as the process is gone.
+    assert broker.ready(queue) == TOTAL - len(done)
+    assert broker.consumers(queue) == 0
+    assert stopped_in < 10
+
+    second = _start(service_process, amqp_url, queue, out)
+    wait_for(lambda: len(_lines(out)) >= TOTAL, timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(15) == 0, _output(second)
+    assert sorted(_lines(out)) == expected  # nothing lost, nothing processed twice
+    assert broker.ready(queue) == 0
