@@ -1,0 +1,96 @@
+"""``python -m patron samples.sqs_consumer`` killed and stopped in the middle of a stream."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patron.sqs import SQSPublisher
+from patron.testing.sqs import client_kwargs
+from tests.conftest import ServiceProcess, wait_for
+from tests.sqs.conftest import QueueFactory, counts
+
+pytestmark = [pytest.mark.sqs, pytest.mark.slow]
+
+StartService = Callable[..., ServiceProcess]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _env(endpoint: str, queue: str, output: Path, **extra: str) -> dict[str, str]:
+    kwargs = client_kwargs(endpoint)
+    env = {
+        "SQS_ENDPOINT_URL": endpoint,
+        "SQS_QUEUE": queue,
+        "AWS_DEFAULT_REGION": kwargs["region_name"],
+        "SAMPLE_OUTPUT": str(output),
+        "PATRON_HTTP_DEFAULT_PORT": "0",
+        **extra,
+    }
+    if "aws_access_key_id" in kwargs:
+        env["AWS_ACCESS_KEY_ID"] = kwargs["aws_access_key_id"]
+        env["AWS_SECRET_ACCESS_KEY"] = kwargs["aws_secret_access_key"]
+    return env
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(
+    make_queue: QueueFactory, sqs: Any, sqs_endpoint: str, service_process: StartService,
+    tmp_path: Path,
+) -> None:
+    # A short visibility timeout: what the killed process held comes back within 2 s.
+    name, url = make_queue(VisibilityTimeout=2)
+    sent = [f"kill-{i}" for i in range(30)]
+    SQSPublisher(url, client=sqs).send_batch(sent)
+    output = tmp_path / "out.txt"
+
+    first = service_process("samples.sqs_consumer",
+                            **_env(sqs_endpoint, name, output, SAMPLE_DELAY="0.05"))
+    wait_for(lambda: len(_lines(output)) >= 5, timeout=30)
+    first.signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert len(set(_lines(output))) < len(sent)  # killed in the middle
+
+    second = service_process("samples.sqs_consumer", **_env(sqs_endpoint, name, output))
+    wait_for(lambda: set(_lines(output)) >= set(sent), timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(20) == 0
+    assert set(_lines(output)) == set(sent)  # every message at least once, nothing foreign
+    assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}
+
+
+def test_sigterm_mid_stream_gives_back_at_once_and_restart_processes_each_once(
+    make_queue: QueueFactory, sqs: Any, sqs_endpoint: str, service_process: StartService,
+    tmp_path: Path,
+) -> None:
+    # A long visibility timeout: a message not given back would stay hidden past the test.
+    name, url = make_queue(VisibilityTimeout=120)
+    sent = [f"term-{i}" for i in range(20)]
+    SQSPublisher(url, client=sqs).send_batch(sent)
+    output = tmp_path / "out.txt"
+
+    first = service_process("samples.sqs_consumer",
+                            **_env(sqs_endpoint, name, output, SAMPLE_DELAY="0.2"))
+    wait_for(lambda: len(_lines(output)) >= 3, timeout=30)
+    first.signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    done = _lines(output)
+    assert 3 <= len(done) < len(sent)
+    # (read the file: ServiceProcess.output() flushes a handle wait() closed)
+    assert "gave back" in first.stdout_path.read_text()  # it held unprocessed messages
+    # Given back at once: nothing is left invisible, nothing processed is left in the queue.
+    assert counts(sqs, url) == {"available": len(sent) - len(done), "invisible": 0,
+                                "delayed": 0}
+
+    second = service_process("samples.sqs_consumer", **_env(sqs_endpoint, name, output))
+    wait_for(lambda: len(_lines(output)) >= len(sent), timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(20) == 0
+    lines = _lines(output)
+    assert sorted(lines) == sorted(sent)  # nothing lost, nothing processed twice
+    assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}
