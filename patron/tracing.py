@@ -29,14 +29,20 @@ __all__ = ["close", "inject", "is_sampled", "setup", "start_span", "tags"]
 logger = logging.getLogger(__name__)
 
 _tracer: Any = None
+# True while the installed sampler can never sample: a span that has no parent then carries
+# nothing worth its cost, so start_span hands out a no-op one.
+_never_samples = False
+_NOOP = opentracing.Tracer()
 
 
 def setup(service_name: str, config: Config) -> opentracing.Tracer:
     """Create the Jaeger tracer for ``service_name`` and install it as the global tracer.
 
-    With the default sampler (probabilistic, 0.0) no trace is ever sampled, so nothing is sent.
+    With the default sampler (probabilistic, 0.0) no trace is ever sampled, so nothing is sent,
+    and work that arrives without a trace context gets no span at all (it would be dropped);
+    work that arrives inside a trace continues it, so the caller's sampling decision holds.
     """
-    global _tracer
+    global _tracer, _never_samples
     from jaeger_client import Config as JaegerConfig  # deferred: it pulls in tornado
 
     param: float | int = config.jaeger_sampler_param
@@ -56,6 +62,7 @@ def setup(service_name: str, config: Config) -> opentracing.Tracer:
         validate=True,
     )
     _tracer = jaeger.new_tracer()
+    _never_samples = config.jaeger_sampler_param == 0
     opentracing.set_global_tracer(_tracer)
     return _tracer
 
@@ -66,8 +73,9 @@ def close(timeout: float = 5.0) -> bool:
     Returns False when the flush did not finish in time. Safe to call from any thread, and a
     no-op when :func:`setup` was not called.
     """
-    global _tracer
+    global _tracer, _never_samples
     tracer, _tracer = _tracer, None
+    _never_samples = False
     if tracer is None:
         return True
     opentracing.set_global_tracer(opentracing.Tracer())
@@ -124,6 +132,8 @@ def start_span(
             parent = None
         except Exception:  # a malformed header must never fail the request
             logger.debug("tracing: could not extract span context", exc_info=True)
+    if _never_samples and parent is None and active.active_span is None:
+        return _NOOP.start_active_span(operation)
     scope = active.start_active_span(operation, child_of=parent)
     span = scope.span
     if is_sampled(span):

@@ -37,3 +37,24 @@ def test_a_stopped_service_leaves_no_thread_behind() -> None:
     service.stop()
     assert service.wait(10) == 0
     assert set(threading.enumerate()) - before == set()
+
+
+def test_a_sampler_that_never_samples_skips_spans_without_a_parent() -> None:
+    caller = tracing.setup("caller", Config(jaeger_sampler_type="const", jaeger_sampler_param=1))
+    carrier: dict[str, str] = {}
+    with caller.start_active_span("upstream") as upstream:
+        caller.inject(upstream.span.context, opentracing.Format.TEXT_MAP, carrier)
+    tracing.close(5.0)
+
+    tracing.setup("svc", Config())  # probabilistic 0.0, the default
+    try:
+        with tracing.start_span("orphan") as orphan:
+            assert not hasattr(orphan.span, "is_sampled")  # OpenTracing's no-op span
+            written: dict[str, str] = {}
+            tracing.inject(written)
+            assert written == {}
+        with tracing.start_span("continued", carrier=carrier) as continued:
+            assert continued.span.context.trace_id == upstream.span.context.trace_id
+            assert tracing.is_sampled(continued.span)  # the caller's decision holds
+    finally:
+        tracing.close(5.0)
