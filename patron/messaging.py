@@ -509,7 +509,10 @@ class ConsumerLoop:
         self.connection = connection if connection is not None else ConnectionRetry()
         self.requeue = requeue
         self.log = log if log is not None else logger
-        self._healthy = False  # a fetch succeeded since the last connect
+        # Since the last connect, a fetch came back empty or a batch was settled: the
+        # connection works. A fetch that returns messages proves nothing yet: when settling
+        # keeps failing, the same messages come back after every reconnect.
+        self._healthy = False
         self._failed_batches = 0  # consecutive batches the NACK strategy handed back
 
     # -- the connection level ----------------------------------------------------------------
@@ -565,9 +568,9 @@ class ConsumerLoop:
         if size == 1:  # the default: no deadline to keep
             while not stop.is_set():
                 got = fetch(1, self.poll_timeout)
-                self._healthy = True
                 if got:
                     return list(got)
+                self._healthy = True
             return messages
         while not stop.is_set():
             if messages:
@@ -577,9 +580,10 @@ class ConsumerLoop:
                 got = fetch(size - len(messages), min(left, self.poll_timeout))
             else:
                 got = fetch(size, self.poll_timeout)
-                self._healthy = True
                 if got:
                     deadline = time.monotonic() + self.batch_timeout
+                else:
+                    self._healthy = True
             if got:
                 messages.extend(got)
                 if len(messages) >= size:
@@ -633,6 +637,7 @@ class ConsumerLoop:
             self._apply_strategy(failed, error)
         try:
             self.transport.settle(batch)
+            self._healthy = True
         finally:
             if error is not None:  # only a failed batch can hold undecided messages
                 for message in batch.pending():

@@ -36,6 +36,11 @@ def _declare(
             _declared[name] = existing
         if not isinstance(existing, kind):
             raise TypeError(f"metric {name!r} is already declared as {type(existing).__name__}")
+        if tuple(existing._labelnames) != tuple(labels):
+            raise ValueError(
+                f"metric {name!r} is already declared with labels {existing._labelnames}, "
+                f"not {tuple(labels)}"
+            )
         return existing
 
 

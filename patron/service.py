@@ -106,8 +106,6 @@ class Service:
         self._handle_signals = handle_signals
         self._log_fields = dict(log_fields or {})
         self._components: dict[str, Component] = {}
-        for component in components:
-            self.add_component(component)
         self._default_http: Component | None = None
         if default_http:
             from patron.http import HTTPComponent  # an HTTP-less service never imports werkzeug
@@ -115,12 +113,15 @@ class Service:
             self._default_http = HTTPComponent.default(self, routes, middlewares)
         elif tuple(routes) or tuple(middlewares):
             raise ValueError("routes and middlewares need the default HTTP component")
+        for component in components:
+            self.add_component(component)
 
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._stops: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._started = False
-        self._draining = threading.Event()
+        # A plain flag: the signal handler sets it, and an Event's lock could deadlock there.
+        self._draining = False
         self._done = threading.Event()
         self._exit_code: int | None = None
         self._supervisor: threading.Thread | None = None
@@ -135,8 +136,11 @@ class Service:
         if getattr(self, "_started", False):
             raise RuntimeError("components must be added before the service starts")
         base = name_of(component)
+        taken = set(self._components)
+        if self._default_http is not None:
+            taken.add(name_of(self._default_http))
         name, n = base, 1
-        while name in self._components:
+        while name in taken:
             n += 1
             name = f"{base}#{n}"
         self._components[name] = component
@@ -155,7 +159,7 @@ class Service:
         """True while the service is not shutting down and every component is ready."""
         return (
             self._started
-            and not self._draining.is_set()
+            and not self._draining
             and all(_safe(is_ready, c) for c in self.components.values())
         )
 
@@ -165,7 +169,7 @@ class Service:
 
     @property
     def draining(self) -> bool:
-        return self._draining.is_set()
+        return self._draining
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -197,7 +201,7 @@ class Service:
 
         Readiness is false when this returns; the rest happens in the supervisor thread.
         """
-        self._draining.set()
+        self._draining = True
         self._events.put(_StopRequested())
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -270,7 +274,7 @@ class Service:
                 logger.warning("second %s: exiting at once", signal.Signals(signum).name)
                 logging.shutdown()
                 os._exit(128 + signum)
-            self._draining.set()
+            self._draining = True
         self._events.put(_Signal(signum))
 
     def _next_event(self, deadline: float | None = None) -> _Event | None:
@@ -318,7 +322,7 @@ class Service:
             logger.exception("the SIGHUP hook failed; the service keeps running")
 
     def _drain(self, exits: dict[str, _Exited]) -> None:
-        self._draining.set()
+        self._draining = True
         delay = self.config.drain_delay
         if delay > 0:
             logger.info("draining for %.1fs before stopping components", delay)

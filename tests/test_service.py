@@ -202,3 +202,9 @@ def test_routes_without_the_default_http_component_are_refused() -> None:
 
 def test_version_defaults_to_dev() -> None:
     assert Service("x", config=FAST, default_http=False).version == "dev"
+
+
+def test_a_user_component_named_http_does_not_replace_the_default_one() -> None:
+    service = Service("x", components=[Blocking("http")], config=Config(http_default_port=0))
+    assert list(service.components) == ["http#2", "http"]
+    assert type(service.components["http"]).__name__ == "HTTPComponent"

@@ -41,6 +41,9 @@ _handled_seconds = metrics.histogram(
 _children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _CHILDREN_CACHE_SIZE = 1024
 
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+)
 _INTERNAL_ERROR = b"Internal Server Error"
 _CORRELATION_ENVIRON = "HTTP_X_CORRELATION_ID"
 _TRACE_ENVIRON_PREFIXES = ("HTTP_UBER_TRACE_ID", "HTTP_UBERCTX_")
@@ -69,6 +72,8 @@ class Observer:
     ) -> Iterable[bytes]:
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
+        if method not in _METHODS:
+            method = "OTHER"  # clients choose the method: keep metric labels bounded
         cid = correlation.ensure(environ.get(_CORRELATION_ENVIRON))
         exchange = _Exchange(self, pattern, method, cid, started, start_response)
         exchange.enter(_trace_carrier(environ))

@@ -93,6 +93,7 @@ AssignCallback = Callable[[Any, list[TopicPartition]], None]
 #: the batch: while messages keep coming, counts and lags are handed over this often (seconds),
 #: and at once when the consumer goes idle or closes.
 METRICS_INTERVAL = 0.5
+BROKER_PROBE_TIMEOUT = 1.0
 
 
 class KafkaMessage(Message):
@@ -333,6 +334,11 @@ class _KafkaTransport:
             raise failure
         if not raw:
             if self._down_since and time.monotonic() - self._down_since >= self.connect_timeout:
+                # librdkafka reports brokers going down but not coming back: on an idle topic
+                # ask them before concluding the outage lasts.
+                if self._brokers_answer():
+                    self._down_since = 0.0
+                    return ()
                 # librdkafka would keep trying forever: recreate the client under the
                 # component's retry policy instead, so that a lasting outage ends in an error.
                 raise ConnectionError(f"all Kafka brokers have been down for "
@@ -357,6 +363,13 @@ class _KafkaTransport:
         if run:
             self._count("received", topic, run)
         return messages
+
+    def _brokers_answer(self) -> bool:
+        try:
+            self.consumer.list_topics(timeout=BROKER_PROBE_TIMEOUT)
+        except KafkaException:
+            return False
+        return True
 
     def settle(self, batch: Batch) -> None:
         offsets: dict[tuple[str, int], int] = {}

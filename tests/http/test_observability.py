@@ -125,6 +125,13 @@ def test_metrics_are_labelled_by_method_route_pattern_and_status(serve: Serve) -
     await_sample("component_http_handled_total", before["404"] + 1, **unmatched_404)
     await_sample("component_http_handled_total", before["405"] + 1, **unmatched_405)
 
+    # The client chooses the method: unknown ones share one label value.
+    odd = {"method": "OTHER", "path": "unmatched", "status_code": "404"}
+    odd_before = sample("component_http_handled_total", **odd)
+    for verb in ("BREW", "SCAN1", "SCAN2"):
+        assert running.request(verb, "/no/such/route").status == 404
+    await_sample("component_http_handled_total", odd_before + 3, **odd)
+
     # The same figures as a scrape sees them, and no raw URL anywhere in the path label.
     served = _metric_samples(running, "component_http_handled_total")
     by_labels = {tuple(sorted(s["labels"].items())): s["value"] for s in served}

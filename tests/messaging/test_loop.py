@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patron import correlation
+from patron import correlation, log
 from patron.messaging import (
     Batch,
     ConnectionRetry,
@@ -210,6 +210,7 @@ def test_exit_raises_without_acknowledging_and_gives_the_message_back(running) -
 
 
 def test_skip_acknowledges_logs_and_goes_on(running, caplog: pytest.LogCaptureFixture) -> None:
+    log.setup("test", "1")  # stamps records with the correlation id
     transport = FakeTransport()
     calls: list[bytes] = []
 
@@ -228,7 +229,7 @@ def test_skip_acknowledges_logs_and_goes_on(running, caplog: pytest.LogCaptureFi
     assert poison[1] is MessageState.ACKED and isinstance(poison[3], ValueError)
     skip_logs = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skip_logs) == 1 and skip_logs[0].levelno == logging.ERROR
-    assert getattr(skip_logs[0], "correlationID", "cid-42") == "cid-42"
+    assert getattr(skip_logs[0], "correlationID", None) == "cid-42"
 
 
 def test_retries_back_off_and_a_success_acknowledges(running) -> None:
@@ -382,6 +383,19 @@ def test_a_failed_settle_reconnects_and_processes_the_message_again(running) -> 
     assert run.finish() is None
     assert processed == [b"a", b"a"]  # at-least-once: never acknowledged, so redelivered
     assert transport.given_back == [b"a"] and transport.acked == [b"a"]
+
+
+def test_settling_that_keeps_failing_uses_up_the_connection_retries(running) -> None:
+    transport = FakeTransport()
+    transport.settle_errors = [OSError(f"ack refused {i}") for i in range(100)]
+    processed: list[bytes] = []
+    run = running(make_loop(transport, lambda b: processed.append(b[0].body),
+                            connection=ConnectionRetry(count=2, wait=0.001)))
+    transport.push("a")
+    error = run.join()
+    # Each reconnect fetched the message again, but that is no proof the connection works.
+    assert isinstance(error, TransportError) and "ack refused 2" in str(error)
+    assert processed == [b"a"] * 3 and transport.acked == []
 
 
 def test_a_permanent_error_is_not_retried(running) -> None:
