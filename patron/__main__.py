@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from patron import __version__
 from patron.config import ConfigError
-from patron.service import Service
+from patron.service import EXIT_TIMEOUT, Service
 
 __all__ = ["main"]
 
@@ -89,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_UsageError, ConfigError) as exc:
         print(f"patron: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return service.run()
+    code = service.run()
+    if code == EXIT_TIMEOUT:
+        # The abandoned threads may not be daemons (grpcio's workers are not): the interpreter
+        # would wait for them at exit, so leave without waiting, as the log already said.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

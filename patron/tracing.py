@@ -24,7 +24,7 @@ from opentracing.scope_managers.contextvars import ContextVarsScopeManager
 
 from patron.config import Config
 
-__all__ = ["close", "inject", "is_sampled", "setup", "start_span", "tags"]
+__all__ = ["close", "inject", "is_sampled", "new_span", "setup", "start_span", "tags"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,39 @@ def is_sampled(span: opentracing.Span) -> bool:
     return True if sampled is None else bool(sampled())
 
 
+def new_span(
+    operation: str,
+    carrier: Mapping[str, str] | None = None,
+    kind: str = ot_tags.SPAN_KIND_RPC_SERVER,
+    component: str = "",
+    tags: Mapping[str, object] | None = None,
+) -> opentracing.Span:
+    """A started span, not made active: for work whose span outlives one ``with`` block.
+
+    It continues the trace found in ``carrier``, or else the active span. ``tags`` are set only
+    when the span is sampled. The caller finishes it.
+    """
+    active = opentracing.global_tracer()
+    parent = None
+    if carrier:
+        try:
+            parent = active.extract(opentracing.Format.TEXT_MAP, carrier)
+        except (opentracing.SpanContextCorruptedException, opentracing.InvalidCarrierException):
+            parent = None
+        except Exception:  # a malformed header must never fail the request
+            logger.debug("tracing: could not extract span context", exc_info=True)
+    if _never_samples and parent is None and active.active_span is None:
+        return _NOOP.start_span(operation)
+    span = active.start_span(operation, child_of=parent)
+    if is_sampled(span):
+        span.set_tag(ot_tags.SPAN_KIND, kind)
+        if component:
+            span.set_tag(ot_tags.COMPONENT, component)
+        for key, value in (tags or {}).items():
+            span.set_tag(key, value)
+    return span
+
+
 def start_span(
     operation: str,
     carrier: Mapping[str, str] | None = None,
@@ -123,26 +156,8 @@ def start_span(
     span is finished when the block ends, and an exception leaving the block marks the span as
     an error.
     """
-    active = opentracing.global_tracer()
-    parent = None
-    if carrier:
-        try:
-            parent = active.extract(opentracing.Format.TEXT_MAP, carrier)
-        except (opentracing.SpanContextCorruptedException, opentracing.InvalidCarrierException):
-            parent = None
-        except Exception:  # a malformed header must never fail the request
-            logger.debug("tracing: could not extract span context", exc_info=True)
-    if _never_samples and parent is None and active.active_span is None:
-        return _NOOP.start_active_span(operation)
-    scope = active.start_active_span(operation, child_of=parent)
-    span = scope.span
-    if is_sampled(span):
-        span.set_tag(ot_tags.SPAN_KIND, kind)
-        if component:
-            span.set_tag(ot_tags.COMPONENT, component)
-        for key, value in (tags or {}).items():
-            span.set_tag(key, value)
-    return scope
+    span = new_span(operation, carrier, kind, component, tags)
+    return span.tracer.scope_manager.activate(span, finish_on_close=True)
 
 
 def inject(carrier: MutableMapping[str, str]) -> None:

@@ -27,7 +27,7 @@ import grpc
 import opentracing
 from opentracing.ext import tags
 
-from patron import correlation, metrics
+from patron import correlation, metrics, tracing
 from patron.grpc._codes import STREAM, UNARY, code_name
 from patron.grpc.interceptors import CORRELATION_KEY
 
@@ -94,16 +94,15 @@ class ClientInterceptor(
         method = details.method
         if isinstance(method, bytes):
             method = method.decode("utf-8", "replace")
-        tracer = opentracing.global_tracer()
-        span = tracer.start_span(
+        span = tracing.new_span(
             f"{SPAN_COMPONENT} {method}",
-            child_of=tracer.active_span,
-            tags={tags.SPAN_KIND: tags.SPAN_KIND_RPC_CLIENT, tags.COMPONENT: SPAN_COMPONENT},
+            kind=tags.SPAN_KIND_RPC_CLIENT,
+            component=SPAN_COMPONENT,
         )
         metadata = list(details.metadata or ())
         carrier: dict[str, str] = {}
         try:
-            tracer.inject(span.context, opentracing.Format.TEXT_MAP, carrier)
+            span.tracer.inject(span.context, opentracing.Format.TEXT_MAP, carrier)
         except Exception:  # tracing must never fail the call
             carrier = {}
         metadata.extend(carrier.items())

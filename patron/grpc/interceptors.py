@@ -37,10 +37,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import grpc
-import opentracing
 from opentracing.ext import tags
 
-from patron import correlation, metrics
+from patron import correlation, metrics, tracing
 from patron.grpc._codes import STREAM, UNARY, code_name, split_method
 
 __all__ = [
@@ -113,17 +112,8 @@ class _Method:
 
 
 def _server_span(operation: str, carrier: dict[str, Any], cid: str) -> Any:
-    tracer = opentracing.global_tracer()
-    parent = None
-    try:
-        parent = tracer.extract(opentracing.Format.TEXT_MAP, carrier)
-    except Exception:  # malformed trace metadata must never fail the RPC
-        logger.debug("grpc: could not extract span context", exc_info=True)
-    return tracer.start_span(
-        operation,
-        child_of=parent,
-        tags={tags.SPAN_KIND: tags.SPAN_KIND_RPC_SERVER, tags.COMPONENT: SPAN_COMPONENT,
-              "correlationID": cid},
+    return tracing.new_span(
+        operation, carrier, component=SPAN_COMPONENT, tags={"correlationID": cid}
     )
 
 
