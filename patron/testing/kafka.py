@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
+
+from patron.testing._process import run_until_told
 
 __all__ = ["ENV_BROKERS", "MockCluster", "MockClusterProcess", "kafka_brokers", "main"]
 
@@ -180,23 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topic", action="append", default=[], metavar="NAME",
                         help="create this topic (4 partitions) at start; may be repeated")
     args = parser.parse_args(argv)
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: done.set())
-
-    def watch_stdin() -> None:
-        try:
-            while sys.stdin.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        done.set()
-
     with MockCluster(args.brokers, args.topic) as cluster:
-        print(cluster.bootstrap, flush=True)
-        threading.Thread(target=watch_stdin, name="patron-stdin-watch", daemon=True).start()
-        while not done.wait(1.0):  # wake up now and then so signals are handled promptly
-            pass
+        run_until_told(cluster.bootstrap)
     return 0
 
 

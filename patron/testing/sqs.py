@@ -28,15 +28,15 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
+
+from patron.testing._process import run_until_told
 
 __all__ = [
     "ENV_ENDPOINT",
@@ -231,23 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     args = parser.parse_args(argv)
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: done.set())
-
-    def watch_stdin() -> None:
-        try:
-            while sys.stdin.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        done.set()
-
     with MotoServer(args.port) as server:
-        print(server.endpoint_url, flush=True)
-        threading.Thread(target=watch_stdin, name="patron-stdin-watch", daemon=True).start()
-        while not done.wait(1.0):  # wake up now and then so signals are handled promptly
-            pass
+        run_until_told(server.endpoint_url)
     return 0
 
 
