@@ -20,6 +20,7 @@ __all__ = [
     "current",
     "ensure",
     "new",
+    "outgoing",
     "unbind",
 ]
 
@@ -73,6 +74,11 @@ def ensure(value: str | bytes | None) -> str:
 def current() -> str | None:
     """The correlation id of the work running in this context, if any."""
     return _current.get()
+
+
+def outgoing() -> str:
+    """The id a client sends: the current one, or a new one outside any request or message."""
+    return _current.get() or new()
 
 
 def bind(value: str) -> contextvars.Token[str | None]:

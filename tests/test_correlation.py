@@ -40,3 +40,10 @@ def test_context_scopes_nest_and_restore() -> None:
             assert correlation.current() == "inner"
         assert correlation.current() == "outer"
     assert correlation.current() is None
+
+
+def test_outgoing_is_the_current_id_or_a_new_one() -> None:
+    with correlation.correlation_id("abc"):
+        assert correlation.outgoing() == "abc"
+    assert _is_uuid4(correlation.outgoing())
+    assert correlation.outgoing() != correlation.outgoing()

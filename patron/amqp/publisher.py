@@ -239,7 +239,7 @@ def _properties(
     merged: dict[str, Any] = dict(props.headers or {})
     merged.update(headers or {})
     if not any(name.lower() == correlation.HEADER.lower() for name in merged):
-        merged[correlation.HEADER] = correlation.current() or correlation.new()
+        merged[correlation.HEADER] = correlation.outgoing()
     props.headers = merged
     if props.timestamp is None:
         props.timestamp = int(time.time())

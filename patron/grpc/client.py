@@ -107,7 +107,7 @@ class ClientInterceptor(
             carrier = {}
         metadata.extend(carrier.items())
         if not any(key == CORRELATION_KEY for key, _ in metadata):
-            metadata.append((CORRELATION_KEY, correlation.current() or correlation.new()))
+            metadata.append((CORRELATION_KEY, correlation.outgoing()))
         new_details = _CallDetails(
             details.method, details.timeout, metadata, details.credentials,
             getattr(details, "wait_for_ready", None), getattr(details, "compression", None),

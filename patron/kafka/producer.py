@@ -237,7 +237,7 @@ def _outgoing(headers: Headers | None) -> list[tuple[str, HeaderValue]]:
     pairs = list(headers.items() if isinstance(headers, Mapping) else headers or ())
     lower = {name.lower() for name, _ in pairs}
     if correlation.HEADER.lower() not in lower:
-        pairs.append((correlation.HEADER, correlation.current() or correlation.new()))
+        pairs.append((correlation.HEADER, correlation.outgoing()))
     carrier: dict[str, str] = {}
     tracing.inject(carrier)
     pairs.extend((name, value) for name, value in carrier.items() if name.lower() not in lower)

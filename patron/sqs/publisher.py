@@ -235,7 +235,7 @@ class SQSPublisher:
     def _inject(self, entry: dict[str, Any]) -> None:
         """Add the correlation id and the active span's context within SQS's limits."""
         attributes: dict[str, dict[str, Any]] = entry.setdefault("MessageAttributes", {})
-        carrier = {correlation.HEADER: correlation.current() or correlation.new()}
+        carrier = {correlation.HEADER: correlation.outgoing()}
         tracing.inject(carrier)
         taken = {name.lower() for name in attributes}
         size = _size(entry["MessageBody"], attributes)
