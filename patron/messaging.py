@@ -63,6 +63,7 @@ __all__ = [
     "PermanentError",
     "ProcessingError",
     "Processor",
+    "PublishError",
     "Retry",
     "Transport",
     "TransportError",
@@ -71,6 +72,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("patron.messaging")
+
+
+class PublishError(Exception):
+    """Base of what the publishing clients raise when a message was not accepted, so callers
+    can handle a failed publish the same way for every broker."""
 
 
 class ConsumerError(Exception):

@@ -32,7 +32,7 @@ from typing import Any
 import pika
 from pika import exceptions as pika_errors
 
-from patron import correlation, metrics, tracing
+from patron import correlation, messaging, metrics, tracing
 from patron.amqp._connection import describe, parameters, redact
 
 __all__ = ["AMQPPublisher", "PublishError"]
@@ -48,7 +48,7 @@ _PUBLISH_DURATION = metrics.histogram(
 _PERSISTENT = 2  # AMQP delivery-mode: written to disk by durable queues
 
 
-class PublishError(Exception):
+class PublishError(messaging.PublishError):
     """The message was not published (or its confirm never came); ``str()`` says why."""
 
 

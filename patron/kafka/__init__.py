@@ -6,17 +6,17 @@ Importing this package imports confluent-kafka (the ``patron[kafka]`` extra).
 """
 
 from patron.kafka.consumer import KafkaConsumer, KafkaMessage
-from patron.kafka.producer import Delivery, KafkaProducer, ProducerError
+from patron.kafka.producer import DeliveryReport, KafkaProducer, PublishError
 from patron.messaging import Batch, FailureStrategy, Message, Retry
 
 __all__ = [
     "Batch",
-    "Delivery",
+    "DeliveryReport",
     "FailureStrategy",
     "KafkaConsumer",
     "KafkaMessage",
     "KafkaProducer",
     "Message",
-    "ProducerError",
+    "PublishError",
     "Retry",
 ]

@@ -24,9 +24,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from patron import correlation, metrics, tracing
+from patron import correlation, messaging, metrics, tracing
 
-__all__ = ["Delivery", "DeliveryCallback", "KafkaProducer", "ProducerError"]
+__all__ = ["DeliveryCallback", "DeliveryReport", "KafkaProducer", "PublishError"]
 
 logger = logging.getLogger("patron.kafka")
 
@@ -40,12 +40,12 @@ HeaderValue = str | bytes | None
 Headers = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
 
 
-class ProducerError(Exception):
+class PublishError(messaging.PublishError):
     """A message could not be queued or was not delivered; ``str(error)`` says why."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Delivery:
+class DeliveryReport:
     """Where a message was written."""
 
     topic: str
@@ -54,14 +54,14 @@ class Delivery:
 
 
 #: ``callback(error, delivery)``: exactly one of them is None.
-DeliveryCallback = Callable[[ProducerError | None, Delivery | None], None]
+DeliveryCallback = Callable[[PublishError | None, DeliveryReport | None], None]
 
 
 class KafkaProducer:
     """Produces to the Kafka cluster at ``brokers``; ``config`` adds librdkafka settings.
 
     Idempotence is on by default (``enable.idempotence``), so a retried send is not written
-    twice. :meth:`send` and :meth:`send_async` raise :class:`ProducerError` when the message
+    twice. :meth:`send` and :meth:`send_async` raise :class:`PublishError` when the message
     cannot be queued (closed producer, full local queue, a value over the size limit).
     """
 
@@ -105,15 +105,15 @@ class KafkaProducer:
         key: str | bytes | None = None,
         headers: Headers | None = None,
         timeout: float = 30.0,
-    ) -> Delivery:
+    ) -> DeliveryReport:
         """Send and wait (at most ``timeout`` s) for the broker's acknowledgement.
 
-        Raises :class:`ProducerError` when the message is not delivered in time or at all.
+        Raises :class:`PublishError` when the message is not delivered in time or at all.
         """
         done = threading.Event()
         outcome: list[Any] = []
 
-        def on_delivery(error: ProducerError | None, delivery: Delivery | None) -> None:
+        def on_delivery(error: PublishError | None, delivery: DeliveryReport | None) -> None:
             outcome.append(error if error is not None else delivery)
             done.set()
 
@@ -122,12 +122,12 @@ class KafkaProducer:
             self._produce(topic, value, key, headers, on_delivery, "sync")
             if not done.wait(timeout):
                 # The report still comes later and is counted then; the caller learns now.
-                raise ProducerError(f"no delivery report for a message to {topic} "
+                raise PublishError(f"no delivery report for a message to {topic} "
                                     f"within {timeout:g}s")
         result = outcome[0]
-        if isinstance(result, ProducerError):
+        if isinstance(result, PublishError):
             raise result
-        assert isinstance(result, Delivery)
+        assert isinstance(result, DeliveryReport)
         return result
 
     def send_async(
@@ -185,17 +185,19 @@ class KafkaProducer:
         kind: str,
     ) -> None:
         if self._closed.is_set():
-            raise ProducerError("the Kafka producer is closed")
+            raise PublishError("the Kafka producer is closed")
 
         def report(error: KafkaError | None, message: Any) -> None:
             try:
                 if error is not None:
                     _STATUS.labels("send-errors", topic, kind).inc()
-                    problem = ProducerError(f"message to {topic} not delivered: {error.str()}")
+                    problem = PublishError(f"message to {topic} not delivered: {error.str()}")
                     self._call(callback, problem, None)
                 else:
                     _STATUS.labels("sent", topic, kind).inc()
-                    delivery = Delivery(message.topic(), message.partition(), message.offset())
+                    delivery = DeliveryReport(
+                        message.topic(), message.partition(), message.offset()
+                    )
                     self._call(callback, None, delivery)
             finally:
                 self._settled()
@@ -209,7 +211,7 @@ class KafkaProducer:
             self._settled()
             _STATUS.labels("creation-errors", topic, kind).inc()
             reason = "the local queue is full" if isinstance(exc, BufferError) else str(exc)
-            raise ProducerError(f"cannot queue a message to {topic}: {reason}") from exc
+            raise PublishError(f"cannot queue a message to {topic}: {reason}") from exc
 
     def _settled(self) -> None:
         with self._idle:
@@ -218,8 +220,8 @@ class KafkaProducer:
                 self._idle.notify_all()
 
     @staticmethod
-    def _call(callback: DeliveryCallback | None, error: ProducerError | None,
-              delivery: Delivery | None) -> None:
+    def _call(callback: DeliveryCallback | None, error: PublishError | None,
+              delivery: DeliveryReport | None) -> None:
         if callback is None:
             return
         try:

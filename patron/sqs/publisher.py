@@ -42,7 +42,7 @@ from typing import Any
 
 from botocore.config import Config as BotoConfig
 
-from patron import correlation, metrics, tracing
+from patron import correlation, messaging, metrics, tracing
 from patron.sqs import _client
 
 __all__ = ["MAX_ATTRIBUTES", "Outgoing", "PublishError", "SQSPublisher"]
@@ -78,7 +78,7 @@ class Outgoing:
     deduplication_id: str | None = None
 
 
-class PublishError(Exception):
+class PublishError(messaging.PublishError):
     """SQS refused some entries of a batch.
 
     ``failures`` lists ``(index, code, message, sender_fault)`` for each refused entry (index

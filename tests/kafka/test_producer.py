@@ -11,7 +11,7 @@ from opentracing.mocktracer import MockTracer
 from prometheus_client import REGISTRY
 
 from patron import correlation
-from patron.kafka import Delivery, KafkaProducer, ProducerError
+from patron.kafka import DeliveryReport, KafkaProducer, PublishError
 from patron.messaging import Message
 from tests.conftest import free_port
 from tests.kafka.conftest import Kafka
@@ -45,7 +45,7 @@ def test_send_waits_for_delivery_and_injects_correlation_and_trace(
     topic = kafka.topic()
     with correlation.correlation_id("cid-send"), tracer.start_active_span("handler"):
         delivery = producer.send(topic, b"payload", key="k1", headers={"app": "x"})
-    assert isinstance(delivery, Delivery) and delivery.topic == topic and delivery.offset == 0
+    assert isinstance(delivery, DeliveryReport) and delivery.topic == topic and delivery.offset == 0
     [raw] = kafka.read(topic, 1)
     assert (raw.value(), raw.key(), raw.partition()) == (b"payload", b"k1", delivery.partition)
 
@@ -81,10 +81,10 @@ def test_without_a_current_id_each_message_gets_a_new_one(kafka: Kafka, producer
 def test_send_async_reports_in_the_producer_thread_and_is_safe_from_many_threads(
         kafka: Kafka, producer: KafkaProducer) -> None:
     topic = kafka.topic()
-    reports: list[tuple[ProducerError | None, Delivery | None, str]] = []
+    reports: list[tuple[PublishError | None, DeliveryReport | None, str]] = []
     lock = threading.Lock()
 
-    def callback(error: ProducerError | None, delivery: Delivery | None) -> None:
+    def callback(error: PublishError | None, delivery: DeliveryReport | None) -> None:
         with lock:
             reports.append((error, delivery, threading.current_thread().name))
 
@@ -110,7 +110,7 @@ def test_a_message_over_the_size_limit_is_refused_at_once(kafka: Kafka) -> None:
     topic = kafka.topic()
     with (
         KafkaProducer(kafka.brokers, config={"message.max.bytes": 2000}) as small,
-        pytest.raises(ProducerError, match=f"cannot queue a message to {topic}"),
+        pytest.raises(PublishError, match=f"cannot queue a message to {topic}"),
     ):
         small.send(topic, b"x" * 5000)
     assert status("creation-errors", topic, "sync") == 1
@@ -119,7 +119,7 @@ def test_a_message_over_the_size_limit_is_refused_at_once(kafka: Kafka) -> None:
 def test_an_undeliverable_message_raises_and_is_counted() -> None:
     producer = KafkaProducer(f"127.0.0.1:{free_port()}", config={"message.timeout.ms": 300})
     try:
-        with pytest.raises(ProducerError, match="not delivered"):
+        with pytest.raises(PublishError, match="not delivered"):
             producer.send("nowhere", b"v", timeout=10)
     finally:
         producer.close(1)
@@ -130,6 +130,6 @@ def test_a_closed_producer_refuses_to_send(kafka: Kafka) -> None:
     producer = KafkaProducer(kafka.brokers)
     producer.close()
     producer.close()  # idempotent
-    with pytest.raises(ProducerError, match="closed"):
+    with pytest.raises(PublishError, match="closed"):
         producer.send_async("t", b"v")
     assert "patron-kafka-producer" not in {t.name for t in threading.enumerate()}
