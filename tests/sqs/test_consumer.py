@@ -355,7 +355,10 @@ def test_pollers_share_the_queue_and_stop_together(
     wait_for(lambda: len(recorder.messages) >= 30, timeout=15)
     wait_for(component.ready, timeout=5)
     assert runner.finish() is None
-    assert sorted(recorder.bodies) == sorted(sent)
+    # At least once, not exactly once: a standard queue may deliver a message twice, and moto's
+    # receive checks visibility and marks a message received without a lock, so concurrent
+    # receives now and then hand out the same message.
+    assert set(recorder.bodies) == set(sent)
     assert recorder.threads <= {f"patron-sqs-{name}-poller-{i}" for i in range(3)}
     assert not [t for t in threading.enumerate() if t.name.startswith(f"patron-sqs-{name}")]
     assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}
