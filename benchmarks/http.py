@@ -100,7 +100,6 @@ def _serve_patron(threads: int) -> int:
     from patron import Service
     from patron.config import Config
     from patron.http import HTTPComponent, Route
-    from patron.http.management import management_routes
 
     cfg = dataclasses.replace(
         Config.from_env(),
@@ -111,20 +110,9 @@ def _serve_patron(threads: int) -> int:
         jaeger_sampler_param=0.0,
     )
     service = Service("bench-http", "1.0.0", default_http=False, config=cfg)
-    # What HTTPComponent.default builds, bound to loopback instead of every interface.
-    component = HTTPComponent(
-        0,
-        [Route("GET", "/hello/<name>", hello)],
-        host=HOST,
-        threads=cfg.http_threads,
-        read_timeout=cfg.http_read_timeout,
-        write_timeout=cfg.http_write_timeout,
-        idle_timeout=cfg.http_idle_timeout,
-        max_body_size=cfg.http_max_body_size,
-        max_header_size=cfg.http_max_header_size,
-        status_error_logging=cfg.http_status_error_logging,
-        grace=cfg.shutdown_timeout,
-        management=management_routes(service.ready, service.alive, cfg.profiling),
+    # The default HTTP component, bound to loopback instead of every interface.
+    component = HTTPComponent.default(
+        service, [Route("GET", "/hello/<name>", hello)], (), host=HOST
     )
     service.add_component(component)
     threading.Thread(

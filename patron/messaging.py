@@ -491,7 +491,7 @@ class ConsumerLoop:
         batch_size: int = 1,
         batch_timeout: float = 0.1,
         poll_timeout: float = 0.25,
-        failure: FailureStrategy = FailureStrategy.EXIT,
+        failure: FailureStrategy | str = FailureStrategy.EXIT,
         retry: Retry | None = None,
         connection: ConnectionRetry | None = None,
         requeue: bool = True,

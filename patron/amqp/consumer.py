@@ -260,7 +260,7 @@ class AMQPConsumer:
             name=self.name,
             batch_size=batch_size,
             batch_timeout=batch_timeout,
-            failure=FailureStrategy(failure),
+            failure=failure,
             retry=processing_retry,
             connection=ConnectionRetry(retries, retry_wait),
             requeue=requeue,

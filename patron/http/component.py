@@ -78,7 +78,11 @@ class HTTPComponent:
 
     @classmethod
     def default(
-        cls, service: Service, routes: Iterable[Route | Mount], middlewares: Sequence[Middleware]
+        cls,
+        service: Service,
+        routes: Iterable[Route | Mount],
+        middlewares: Sequence[Middleware],
+        host: str = "0.0.0.0",
     ) -> HTTPComponent:
         """The component a Service runs on ``PATRON_HTTP_DEFAULT_PORT``, with management routes."""
         cfg = service.config
@@ -86,6 +90,7 @@ class HTTPComponent:
             cfg.http_default_port,
             routes,
             middlewares,
+            host=host,
             threads=cfg.http_threads,
             read_timeout=cfg.http_read_timeout,
             write_timeout=cfg.http_write_timeout,

@@ -273,7 +273,6 @@ class SQSConsumer:
             )
             for i in range(pollers)
         ]
-        failure = FailureStrategy(failure)
         self._loops = [
             ConsumerLoop(
                 transport,
