@@ -112,11 +112,12 @@ def _serve_patron(threads: int) -> int:
     service = Service("bench-http", "1.0.0", default_http=False, config=cfg)
     # The default HTTP component, bound to loopback instead of every interface.
     component = HTTPComponent.default(
-        service, [Route("GET", "/hello/<name>", hello)], (), host=HOST
+        cfg, service, [Route("GET", "/hello/<name>", hello)], host=HOST
     )
     service.add_component(component)
     threading.Thread(
-        target=lambda: _announce(component.wait_listening(START_TIMEOUT)), daemon=True
+        target=lambda: component.wait_started(START_TIMEOUT) and _announce(component.port),
+        daemon=True
     ).start()
     return service.run()  # SIGTERM stops it
 

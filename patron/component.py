@@ -5,12 +5,18 @@ expects it to block until ``stop`` is set and then return (a clean stop), or to 
 failure, which shuts the whole Service down). Returning before ``stop`` is set counts as an
 unexpected exit and shuts the Service down too.
 
-Three optional members refine how the Service sees a component:
+Optional members refine how the Service sees a component; each is a small protocol of its own
+(checkable with ``isinstance``):
 
-* ``name`` (str): used in logs, metrics and exit messages; the class name otherwise.
-* ``ready() -> bool``: readiness; ``GET /ready`` answers 503 while any component is not ready.
-  Called from HTTP worker threads, so it must be cheap and thread-safe.
-* ``alive() -> bool``: liveness; ``GET /alive`` answers 503 while any component is not alive.
+* :class:`Named` ``name``: used in logs, metrics and exit messages; the class name otherwise.
+* :class:`Ready` ``ready() -> bool``: readiness; ``GET /ready`` answers 503 while any component
+  is not ready. Called from HTTP worker threads, so it must be cheap and thread-safe.
+* :class:`Alive` ``alive() -> bool``: liveness; ``GET /alive`` answers 503 while any component
+  is not alive. Same rules as ``ready``.
+* :class:`StopsLast` ``stop_last``: when true, the component is told to stop only once every
+  other component has stopped, and gets at least a second for it even when the others used up
+  the shutdown timeout: for components the others need to the end, such as the default HTTP
+  component, which serves health checks and metrics.
 """
 
 from __future__ import annotations
@@ -18,8 +24,18 @@ from __future__ import annotations
 import threading
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Component", "is_alive", "is_ready", "name_of"]
-
+__all__ = [
+    "Alive",
+    "Component",
+    "Named",
+    "Probes",
+    "Ready",
+    "StopsLast",
+    "is_alive",
+    "is_ready",
+    "name_of",
+    "stops_last",
+]
 
 @runtime_checkable
 class Component(Protocol):
@@ -27,19 +43,49 @@ class Component(Protocol):
         """Block until ``stop`` is set, then return; raise on failure. Runs in its own thread."""
 
 
+@runtime_checkable
+class Named(Protocol):
+    name: str
+
+
+@runtime_checkable
+class Ready(Protocol):
+    def ready(self) -> bool:
+        """Whether the component can take work now; any thread, cheap."""
+
+
+@runtime_checkable
+class Alive(Protocol):
+    def alive(self) -> bool:
+        """Whether the component works at all (false: restart the process); any thread."""
+
+
+@runtime_checkable
+class StopsLast(Protocol):
+    stop_last: bool
+
+
+class Probes(Ready, Alive, Protocol):
+    """Readiness and liveness of a whole service: what the health endpoints ask (a
+    :class:`patron.Service` is one)."""
+
+
 def name_of(component: object) -> str:
     name = getattr(component, "name", None)
     return name if isinstance(name, str) and name else type(component).__name__
 
 
-def _probe(component: object, method: str) -> bool:
-    probe = getattr(component, method, None)
+# getattr rather than isinstance(component, Ready): from Python 3.12 on, isinstance with a
+# runtime protocol does not see members a wrapper provides through __getattr__.
+def is_ready(component: object) -> bool:
+    probe = getattr(component, "ready", None)
     return True if probe is None else bool(probe())
 
 
-def is_ready(component: object) -> bool:
-    return _probe(component, "ready")
-
-
 def is_alive(component: object) -> bool:
-    return _probe(component, "alive")
+    probe = getattr(component, "alive", None)
+    return True if probe is None else bool(probe())
+
+
+def stops_last(component: object) -> bool:
+    return bool(getattr(component, "stop_last", False))

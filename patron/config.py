@@ -14,7 +14,20 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-__all__ = ["Config", "ConfigError", "StatusCodes", "parse_duration", "parse_status_codes"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_HOST",
+    "Config",
+    "ConfigError",
+    "StatusCodes",
+    "parse_duration",
+    "parse_status_codes",
+]
+
+#: the address the HTTP and gRPC components listen on unless told otherwise
+DEFAULT_HOST = "0.0.0.0"
+#: seconds in-flight requests and RPCs get to finish once a server component is told to stop
+DEFAULT_GRACE = 10.0
 
 T = TypeVar("T")
 
@@ -159,6 +172,7 @@ class Config:
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0
     profiling: bool = True
+    grpc_port: int = 50051
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -236,4 +250,5 @@ _VARIABLES = {
     "shutdown_timeout": _Variable("PATRON_SHUTDOWN_TIMEOUT", parse_duration, _DURATION_TEXT),
     "drain_delay": _Variable("PATRON_DRAIN_DELAY", parse_duration, _DURATION_TEXT),
     "profiling": _Variable("PATRON_PROFILING", _parse_bool, "true or false"),
+    "grpc_port": _Variable("PATRON_GRPC_PORT", _parse_port, "a port number from 0 to 65535"),
 }

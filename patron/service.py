@@ -12,10 +12,10 @@ Shutdown
 
     1. readiness turns false at once (``GET /ready`` answers 503);
     2. the drain delay passes, so load balancers stop sending new work;
-    3. the stop event of every user component is set and they are joined, then the default HTTP
-       component is stopped, so health and metrics stay up until the end; all of this shares
-       one shutdown timeout, and a component still running at the deadline is named in the log
-       and its thread abandoned;
+    3. the stop event of every component is set and they are joined, then those that stop last
+       (:class:`patron.component.StopsLast`: the default HTTP component, so health and metrics
+       stay up until the end) are stopped; all of this shares one shutdown timeout, and a
+       component still running at the deadline is named in the log and its thread abandoned;
     4. buffered spans are flushed.
 
     The exit status (returned by :meth:`run` and :meth:`wait`) is :data:`EXIT_OK` after a clean
@@ -35,11 +35,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patron import log, tracing
-from patron.component import Component, is_alive, is_ready, name_of
+from patron.component import Component, is_alive, is_ready, name_of, stops_last
 from patron.config import Config
+
+if TYPE_CHECKING:  # an HTTP-less service never imports werkzeug
+    from patron.http.routes import Middleware, Mount, Route
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_TIMEOUT", "Service"]
 
@@ -49,7 +52,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_TIMEOUT = 3
 TRACE_FLUSH_TIMEOUT = 5.0
-HTTP_STOP_MINIMUM = 1.0
+LAST_STOP_MINIMUM = 1.0
 EVENT_POLL = 0.1  # longest a signal may wait for its handler
 
 
@@ -89,8 +92,8 @@ class Service:
         version: str = "",
         *,
         components: Iterable[Component] = (),
-        routes: Iterable[Any] = (),
-        middlewares: Sequence[Any] = (),
+        routes: Iterable[Route | Mount] = (),
+        middlewares: Sequence[Middleware] = (),
         config: Config | None = None,
         sighup: Callable[[], None] | None = None,
         handle_signals: bool = True,
@@ -110,8 +113,8 @@ class Service:
         if default_http:
             from patron.http import HTTPComponent  # an HTTP-less service never imports werkzeug
 
-            self._default_http = HTTPComponent.default(self, routes, middlewares)
-        elif tuple(routes) or tuple(middlewares):
+            self._default_http = HTTPComponent.default(self.config, self, routes, middlewares)
+        elif any(True for _ in routes) or middlewares:
             raise ValueError("routes and middlewares need the default HTTP component")
         for component in components:
             self.add_component(component)
@@ -347,14 +350,14 @@ class Service:
         self._drain(exits)
         started = time.monotonic()
         deadline = started + self.config.shutdown_timeout
-        http_name = name_of(self._default_http) if self._default_http is not None else None
-        users = [n for n in self._threads if n != http_name]
-        self._stop_and_join(users, deadline, exits)
-        if http_name is not None:
-            # When a user component used up the whole timeout, the HTTP component still gets a
-            # moment to close its listener, so it is not blamed for someone else's hang.
-            http_deadline = max(deadline, time.monotonic() + HTTP_STOP_MINIMUM)
-            self._stop_and_join([http_name], http_deadline, exits)
+        components = self.components
+        last = [n for n in self._threads if stops_last(components[n])]
+        self._stop_and_join([n for n in self._threads if n not in last], deadline, exits)
+        if last:
+            # When another component used up the whole timeout, these still get a moment to
+            # close (the HTTP listener), so they are not blamed for someone else's hang.
+            last_deadline = max(deadline, time.monotonic() + LAST_STOP_MINIMUM)
+            self._stop_and_join(last, last_deadline, exits)
 
         code = EXIT_OK
         for name in self._threads:

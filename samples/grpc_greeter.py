@@ -1,11 +1,10 @@
 """The classic gRPC Greeter as a patron service.
 
-Environment:
-    GRPC_PORT   port of the gRPC server (default 50051; 0 picks a free one)
-    PATRON_*    as for every service; the default HTTP component on PATRON_HTTP_DEFAULT_PORT
-                (50000) serves /alive, /ready and /metrics
+Environment: the ``PATRON_*`` variables of every service; the gRPC server listens on
+``PATRON_GRPC_PORT`` (default 50051; 0 picks a free one), and the default HTTP component on
+``PATRON_HTTP_DEFAULT_PORT`` (50000) serves /alive, /ready and /metrics.
 
-Run it from the repository root with ``GRPC_PORT=50051 python -m patron samples.grpc_greeter``
+Run it from the repository root with ``python -m patron samples.grpc_greeter``
 and call it with patron's client::
 
     python -c "from patron.grpc import channel; from samples import greeter_pb2 as pb, \\
@@ -25,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from patron import Service
-from patron.grpc import GRPCComponent, port_from_env
+from patron.grpc import GRPCComponent
 from samples import greeter_pb2, greeter_pb2_grpc
 
 __all__ = ["Greeter", "service"]
@@ -41,10 +40,10 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
 
 
 def service(*, default_http: bool = True) -> Service:
-    """The greeter service: the Greeter on ``GRPC_PORT``, health tied to readiness."""
+    """The greeter service: the Greeter on ``PATRON_GRPC_PORT``, health tied to readiness."""
     greeter = Service("grpc-greeter", "1.0.0", default_http=default_http)
     greeter.add_component(GRPCComponent(
-        port_from_env("GRPC_PORT"),
+        greeter.config.grpc_port,
         servicers=[(greeter_pb2_grpc.add_GreeterServicer_to_server, Greeter())],
         readiness=greeter.ready,
         reflection=True,

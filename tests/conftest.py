@@ -9,8 +9,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.components import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,3 +97,23 @@ def service_process(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[[Any], Runner]]:
+    """``run(component) -> Runner``: the component runs in a thread (see
+    :class:`tests.support.components.Runner`); every runner is stopped after the test."""
+    from tests.support.components import Runner
+
+    runners: list[Runner] = []
+
+    def start(component: Any) -> Runner:
+        runner = Runner(component)
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        runner.stop.set()
+    for runner in runners:
+        runner.thread.join(30)

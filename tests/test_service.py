@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +210,57 @@ def test_a_user_component_named_http_does_not_replace_the_default_one() -> None:
     service = Service("x", components=[Blocking("http")], config=Config(http_default_port=0))
     assert list(service.components) == ["http#2", "http"]
     assert type(service.components["http"]).__name__ == "HTTPComponent"
+
+
+class StopsLast(Blocking):
+    """Needed by the others to the end; notes whether they had all stopped when it was told."""
+
+    stop_last = True
+
+    def __init__(self, others: list[Blocking]) -> None:
+        super().__init__("last")
+        self.others = others
+        self.others_stopped_first: bool | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        self.started.set()
+        stop.wait()
+        self.others_stopped_first = all(o.stopped.is_set() for o in self.others)
+        self.stopped.set()
+
+
+def test_components_that_stop_last_are_stopped_after_every_other() -> None:
+    a, b = Blocking("a"), Blocking("b")
+    last = StopsLast([a, b])
+    service = make(last, a, b).start()  # listed first, stopped last all the same
+    assert last.started.wait(5)
+    service.stop()
+    assert service.wait(10) == EXIT_OK
+    assert last.others_stopped_first is True
+
+
+def test_the_default_http_component_is_the_one_that_stops_last() -> None:
+    service = Service("x", components=[Blocking("a")], config=Config(http_default_port=0))
+    assert [getattr(c, "stop_last", False) for c in service.components.values()] == [False, True]
+
+
+def _imported(node: ast.AST) -> list[str]:
+    """The modules (and ``module.name`` forms) an import statement names."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module:
+        return [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return []
+
+
+def test_no_component_package_imports_the_service() -> None:
+    """The Service knows components; components know only probes and the config."""
+    root = Path(__file__).resolve().parent.parent / "patron"
+    offenders = sorted(
+        path.relative_to(root).as_posix()
+        for package in ("http", "grpc", "messaging", "kafka", "amqp", "sqs")
+        for path in (root / package).glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if any(name.split(".")[:2] == ["patron", "service"] for name in _imported(node))
+    )
+    assert offenders == []

@@ -15,24 +15,14 @@ Example::
 
 from patron.grpc._codes import code_name
 from patron.grpc.client import ClientInterceptor, channel
-from patron.grpc.component import (
-    DEFAULT_GRACE,
-    DEFAULT_PORT,
-    PORT_VARIABLE,
-    GRPCComponent,
-    Servicer,
-    port_from_env,
-)
+from patron.grpc.component import GRPCComponent, Servicer
 from patron.grpc.health import NOT_SERVING, SERVING
 from patron.grpc.interceptors import CORRELATION_KEY, INTERNAL_DETAILS, ObservabilityInterceptor
 
 __all__ = [
     "CORRELATION_KEY",
-    "DEFAULT_GRACE",
-    "DEFAULT_PORT",
     "INTERNAL_DETAILS",
     "NOT_SERVING",
-    "PORT_VARIABLE",
     "SERVING",
     "ClientInterceptor",
     "GRPCComponent",
@@ -40,5 +30,4 @@ __all__ = [
     "Servicer",
     "channel",
     "code_name",
-    "port_from_env",
 ]

@@ -10,77 +10,41 @@ Threads
 Stop
     When ``stop`` is set: the health service answers NOT_SERVING for good, the server stops
     accepting RPCs (new calls get UNAVAILABLE), open health ``Watch`` streams end, in-flight RPCs
-    get ``grace`` seconds (default :data:`DEFAULT_GRACE`) to finish, then grpcio cancels what is
+    get ``grace`` seconds (default 10) to finish, then grpcio cancels what is
     left (the client sees UNAVAILABLE and ``context.is_active()`` turns false); ``run`` returns
     once every handler has returned. A handler that ignores cancellation keeps its worker
     thread, and the Service names the component as not stopped at its shutdown timeout: long
     handlers should check ``context.is_active()`` or use ``context.add_callback()``.
 
 Port
-    ``port`` defaults to ``PATRON_GRPC_PORT`` (see :func:`port_from_env`), and to
-    :data:`DEFAULT_PORT` (50051) when that is unset; ``0`` picks a free port, readable from
+    ``port`` defaults to ``PATRON_GRPC_PORT`` (read with the other ``PATRON_*`` settings by
+    :class:`patron.config.Config`; 50051 when unset); ``0`` picks a free port, readable from
     :attr:`GRPCComponent.port` once :meth:`GRPCComponent.wait_started` returned True.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 
-from patron.config import ConfigError
+from patron.config import DEFAULT_GRACE, DEFAULT_HOST, Config
 from patron.grpc.health import Health
 from patron.grpc.interceptors import DEFAULT_ERROR_CODES, ObservabilityInterceptor
 
-__all__ = [
-    "DEFAULT_GRACE",
-    "DEFAULT_MAX_MESSAGE_LENGTH",
-    "DEFAULT_MAX_WORKERS",
-    "DEFAULT_PORT",
-    "PORT_VARIABLE",
-    "GRPCComponent",
-    "Servicer",
-    "port_from_env",
-]
+__all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "DEFAULT_MAX_WORKERS", "GRPCComponent", "Servicer"]
 
 logger = logging.getLogger("patron.grpc")
 
-PORT_VARIABLE = "PATRON_GRPC_PORT"
-DEFAULT_PORT = 50051
-DEFAULT_GRACE = 10.0
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024  # grpcio's own default, made explicit
 
 Servicer = tuple[Callable[[Any, Any], None], object]
 """A generated ``add_XServicer_to_server`` function and the servicer instance it registers."""
-
-
-def port_from_env(
-    variable: str = PORT_VARIABLE,
-    default: int = DEFAULT_PORT,
-    environ: Mapping[str, str] | None = None,
-) -> int:
-    """The port in ``variable``, or ``default`` when it is unset or empty.
-
-    Raises :class:`patron.config.ConfigError` naming the variable for anything but a whole
-    number from 0 to 65535.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(variable, "")
-    if raw.strip() == "":
-        return default
-    try:
-        port = int(raw.strip())
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{variable}={raw!r} is invalid: expected a port number from 0 to 65535")
-    return port
 
 
 class _Registrar:
@@ -135,8 +99,8 @@ class GRPCComponent:
     codes logged at ERROR.
 
     Construction raises ``ValueError`` on a bad option and
-    :class:`~patron.config.ConfigError` on a bad ``PATRON_GRPC_PORT``; :meth:`run` raises
-    ``RuntimeError`` when the address cannot be bound.
+    :class:`~patron.config.ConfigError` on a bad ``PATRON_*`` variable when ``port`` is None;
+    :meth:`run` raises ``RuntimeError`` when the address cannot be bound.
     """
 
     def __init__(
@@ -146,7 +110,7 @@ class GRPCComponent:
         servicers: Iterable[Servicer] = (),
         handlers: Iterable[grpc.GenericRpcHandler] = (),
         readiness: Callable[[], bool] | None = None,
-        host: str = "[::]",
+        host: str = DEFAULT_HOST,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_concurrent_rpcs: int | None = None,
         grace: float = DEFAULT_GRACE,
@@ -164,7 +128,7 @@ class GRPCComponent:
         error_codes: Iterable[grpc.StatusCode] = DEFAULT_ERROR_CODES,
         name: str = "grpc",
     ) -> None:
-        self._wanted_port = port_from_env() if port is None else port
+        self._wanted_port = Config.from_env().grpc_port if port is None else port
         if not 0 <= self._wanted_port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, not {self._wanted_port}")
         if max_workers < 1:
@@ -199,8 +163,7 @@ class GRPCComponent:
         self._ran = False
         self._started = threading.Event()
         self._health: Health | None = None
-        self.port: int | None = None
-        """The bound port, once the server started."""
+        self._port: int | None = None
 
     # -- composition -------------------------------------------------------------------------
 
@@ -225,6 +188,13 @@ class GRPCComponent:
         health = self._health
         return health is not None and health.serving
 
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0); raises ``RuntimeError`` until it listens."""
+        if self._port is None:
+            raise RuntimeError(f"the gRPC component {self.name!r} is not listening yet")
+        return self._port
+
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the server listens (True) or ``timeout`` passes (False)."""
         return self._started.wait(timeout)
@@ -242,7 +212,7 @@ class GRPCComponent:
         )
         try:
             server, health = self._build(pool)
-            self.port = self._bind(server)
+            self._port = self._bind(server)
             server.start()
         except BaseException:
             pool.shutdown(wait=False)

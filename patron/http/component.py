@@ -6,18 +6,16 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
-from patron.config import Config, StatusCodes
+from patron.component import Probes
+from patron.config import DEFAULT_GRACE, DEFAULT_HOST, Config, StatusCodes
 from patron.http.management import management_routes
 from patron.http.observe import Observer
 from patron.http.routes import Middleware, Mount, Route, Router
 from patron.http.server import Server
-
-if TYPE_CHECKING:
-    from patron.service import Service
 
 __all__ = ["HTTPComponent"]
 
@@ -28,10 +26,11 @@ _DEFAULTS = Config()
 class HTTPComponent:
     """Serves routes and mounted WSGI apps until its stop event is set, then drains.
 
-    ``run(stop)`` binds the port, serves, and on stop closes the listener at once, lets every
-    request already received finish (for at most ``grace`` seconds), closes idle keep-alive
-    connections and returns. It raises when the port cannot be bound. Handlers run in the
-    server's worker threads (``threads`` of them); ``ready()`` is true while listening.
+    ``run(stop)`` binds ``host``:``port`` (port 0 picks a free one), serves, and on stop closes
+    the listener at once, lets every request already received finish (for at most ``grace``
+    seconds), closes idle keep-alive connections and returns. It raises when the port cannot be
+    bound. Handlers run in the server's worker threads (``threads`` of them); ``ready()`` is
+    true while listening; ``stop_last`` makes the Service stop it after every other component.
 
     Management routes (given by :meth:`default`) are matched first and get recovery only; user
     routes and mounts get the full chain described in :mod:`patron.http.observe`.
@@ -43,7 +42,7 @@ class HTTPComponent:
         routes: Iterable[Route | Mount] = (),
         middlewares: Sequence[Middleware] = (),
         *,
-        host: str = "0.0.0.0",
+        host: str = DEFAULT_HOST,
         name: str = "http",
         threads: int = _DEFAULTS.http_threads,
         read_timeout: float = _DEFAULTS.http_read_timeout,
@@ -52,13 +51,15 @@ class HTTPComponent:
         max_body_size: int = _DEFAULTS.http_max_body_size,
         max_header_size: int = _DEFAULTS.http_max_header_size,
         status_error_logging: StatusCodes = _DEFAULTS.http_status_error_logging,
-        grace: float = _DEFAULTS.shutdown_timeout,
+        grace: float = DEFAULT_GRACE,
         management: Iterable[Route] = (),
+        stop_last: bool = False,
     ) -> None:
         self.name = name
+        self.stop_last = stop_last
         self._host = host
         self._requested_port = port
-        self._server_options = dict(
+        self._server_options: dict[str, Any] = dict(
             threads=threads,
             read_timeout=read_timeout,
             write_timeout=write_timeout,
@@ -79,13 +80,16 @@ class HTTPComponent:
     @classmethod
     def default(
         cls,
-        service: Service,
-        routes: Iterable[Route | Mount],
-        middlewares: Sequence[Middleware],
-        host: str = "0.0.0.0",
+        config: Config,
+        probes: Probes,
+        routes: Iterable[Route | Mount] = (),
+        middlewares: Sequence[Middleware] = (),
+        host: str = DEFAULT_HOST,
     ) -> HTTPComponent:
-        """The component a Service runs on ``PATRON_HTTP_DEFAULT_PORT``, with management routes."""
-        cfg = service.config
+        """The component a Service runs: on ``config``'s ``PATRON_HTTP_DEFAULT_PORT`` and HTTP
+        settings, with the management routes answering from ``probes`` (the Service), and
+        stopped last so that health checks and metrics stay up to the end."""
+        cfg = config
         return cls(
             cfg.http_default_port,
             routes,
@@ -99,7 +103,8 @@ class HTTPComponent:
             max_header_size=cfg.http_max_header_size,
             status_error_logging=cfg.http_status_error_logging,
             grace=cfg.shutdown_timeout,
-            management=management_routes(service.ready, service.alive, cfg.profiling),
+            management=management_routes(probes.ready, probes.alive, cfg.profiling),
+            stop_last=True,
         )
 
     def _closing(self) -> bool:
@@ -110,19 +115,17 @@ class HTTPComponent:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with port 0); raises until the component listens."""
+        """The bound port (useful with port 0); raises ``RuntimeError`` until it listens."""
         if self._server is None:
-            raise RuntimeError("the HTTP component is not listening yet")
+            raise RuntimeError(f"the HTTP component {self.name!r} is not listening yet")
         return self._server.port
 
-    def wait_listening(self, timeout: float | None = None) -> int:
-        """Block until the server listens; return its port. Raises TimeoutError."""
-        if not self._listening.wait(timeout):
-            raise TimeoutError("the HTTP component did not start listening in time")
-        return self.port
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the server listens (True) or ``timeout`` passes (False)."""
+        return self._listening.wait(timeout)
 
     def run(self, stop: threading.Event) -> None:
-        self._server = Server(self, self._host, self._requested_port, **self._server_options)  # type: ignore[arg-type]
+        self._server = Server(self, self._host, self._requested_port, **self._server_options)
         self._listening.set()
         logger.info("HTTP component %s listening on %s:%d", self.name, self._host, self.port)
         self._server.serve(stop)

@@ -34,14 +34,14 @@ def serve(echo: Echo) -> Iterator[Callable[..., Running]]:
         running = Running(GRPCComponent(**kwargs))
         started.append(running)
         if not running.component.wait_started(10):
-            running.stop()
+            running.shutdown()
             raise AssertionError(f"the component did not start: {running.error!r}")
         return running
 
     yield start
     echo.release.set()
     for running in started:
-        running.stop()
+        running.shutdown()
 
 
 @pytest.fixture

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY
 
 from patron.grpc import GRPCComponent
-
-
-def metric(name: str, **labels: str) -> float:
-    """The current value of one sample of the default registry (0 when absent)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+from tests.support.components import Runner
+from tests.support.metrics import sample as metric
 
 
 def handled(
@@ -24,21 +19,13 @@ def handled(
                   grpc_method=method, grpc_code=code)
 
 
-class Running:
+class Running(Runner):
     """A GRPCComponent running in a thread of its own, as a Service would run it."""
 
-    def __init__(self, component: GRPCComponent) -> None:
-        self.component = component
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="test-grpc-component")
-        self.thread.start()
+    component: GRPCComponent
 
-    def _run(self) -> None:
-        try:
-            self.component.run(self.stop_event)
-        except BaseException as exc:
-            self.error = exc
+    def __init__(self, component: GRPCComponent) -> None:
+        super().__init__(component, name="test-grpc-component")
 
     @property
     def address(self) -> str:
@@ -47,11 +34,9 @@ class Running:
     def channel(self, **kwargs: Any) -> grpc.Channel:
         return grpc.insecure_channel(self.address, **kwargs)
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def shutdown(self, timeout: float = 15.0) -> None:
         """Set the stop event and wait for ``run`` to return; fail if it does not."""
-        self.stop_event.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the component did not stop"
+        self.finish(timeout)
 
 
 def span_tags(span: Any) -> dict[str, object]:

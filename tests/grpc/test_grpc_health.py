@@ -86,7 +86,7 @@ def test_stop_ends_watch_streams_instead_of_waiting_out_the_grace(serve: Serve) 
     with running.channel() as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=30)
         assert next(watch).status == SERVING
-        running.stop(timeout=10)  # fails if the open Watch held the stop for the 60 s grace
+        running.shutdown(timeout=10)  # fails if the open Watch held the stop for the 60 s grace
         rest = [reply.status for reply in watch]  # ends without error
     assert rest == [NOT_SERVING]
 
@@ -117,6 +117,6 @@ def test_component_is_not_ready_before_it_runs_nor_after_it_stopped(serve: Serve
     assert not component.ready()
     running = serve()
     assert running.component.ready()
-    running.stop()
+    running.shutdown()
     assert not running.component.ready()
 

@@ -1,28 +1,28 @@
-"""The gRPC port: PATRON_GRPC_PORT (or another variable) with a clear error on bad values."""
+"""The gRPC port: PATRON_GRPC_PORT, read with the other settings, with a clear error."""
 
 from __future__ import annotations
 
 import pytest
 
-from patron.config import ConfigError
-from patron.grpc import DEFAULT_PORT, GRPCComponent, port_from_env
+from patron.config import Config, ConfigError
+from patron.grpc import GRPCComponent
 from tests.conftest import free_port
 from tests.grpc.helpers import Running
 
 
-@pytest.mark.parametrize(("value", "port"), [("", DEFAULT_PORT), ("  ", DEFAULT_PORT),
-                                             ("0", 0), ("6000", 6000), (" 65535 ", 65535)])
-def test_port_from_env_accepts_ports_and_defaults_when_unset(value: str, port: int) -> None:
-    assert port_from_env(environ={"PATRON_GRPC_PORT": value}) == port
-    assert port_from_env(environ={}) == DEFAULT_PORT
+@pytest.mark.parametrize(("value", "port"), [("", 50051), ("  ", 50051), ("0", 0),
+                                             ("6000", 6000), (" 65535 ", 65535)])
+def test_the_grpc_port_is_a_setting_like_the_others(value: str, port: int) -> None:
+    assert Config.from_env({"PATRON_GRPC_PORT": value}).grpc_port == port
+    assert Config.from_env({}).grpc_port == Config().grpc_port == 50051
 
 
 @pytest.mark.parametrize("value", ["-1", "65536", "http", "50051.0", "0x10"])
-def test_port_from_env_names_the_variable_on_a_bad_value(value: str) -> None:
+def test_a_bad_grpc_port_names_the_variable(value: str) -> None:
     with pytest.raises(ConfigError) as info:
-        port_from_env("GRPC_PORT", environ={"GRPC_PORT": value})
+        Config.from_env({"PATRON_GRPC_PORT": value})
     assert str(info.value) == (
-        f"GRPC_PORT={value!r} is invalid: expected a port number from 0 to 65535"
+        f"PATRON_GRPC_PORT={value!r} is invalid: expected a port number from 0 to 65535"
     )
 
 
@@ -39,4 +39,10 @@ def test_component_reads_patron_grpc_port_when_no_port_is_given(
         assert running.component.wait_started(10)
         assert running.component.port == port
     finally:
-        running.stop()
+        running.shutdown()
+
+
+def test_the_port_is_unknown_until_the_server_listens() -> None:
+    component = GRPCComponent(0)
+    with pytest.raises(RuntimeError, match="not listening yet"):
+        _ = component.port

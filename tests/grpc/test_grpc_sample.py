@@ -15,11 +15,11 @@ from samples.greeter_pb2 import HelloRequest
 from samples.greeter_pb2_grpc import GreeterStub
 from tests.conftest import ServiceProcess, wait_for
 
-LISTENING = re.compile(r"gRPC component grpc listening on \[::\]:(\d+)")
+LISTENING = re.compile(r"gRPC component grpc listening on 0\.0\.0\.0:(\d+)")
 
 
 def test_sample_greets_by_name_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRPC_PORT", "0")
+    monkeypatch.setenv("PATRON_GRPC_PORT", "0")
     service = grpc_greeter.service(default_http=False)
     component = service.components["grpc"]
     assert isinstance(component, GRPCComponent)
@@ -43,7 +43,7 @@ def test_sample_runs_with_python_m_patron_and_stops_on_sigterm(
     service_process: Callable[..., ServiceProcess],
 ) -> None:
     process = service_process(
-        "samples.grpc_greeter", GRPC_PORT="0", PATRON_HTTP_DEFAULT_PORT="0",
+        "samples.grpc_greeter", PATRON_GRPC_PORT="0", PATRON_HTTP_DEFAULT_PORT="0",
         PATRON_LOG_LEVEL="INFO",
     )
     port = wait_for(lambda: (m := LISTENING.search(process.output())) and int(m.group(1)),
@@ -59,9 +59,9 @@ def test_sample_runs_with_python_m_patron_and_stops_on_sigterm(
 def test_sample_refuses_a_bad_grpc_port_with_one_line(
     service_process: Callable[..., ServiceProcess],
 ) -> None:
-    process = service_process("samples.grpc_greeter", GRPC_PORT="fifty")
+    process = service_process("samples.grpc_greeter", PATRON_GRPC_PORT="fifty")
     assert process.wait(20) == 2
     assert process.output().strip().splitlines()[-1] == (
-        "patron: GRPC_PORT='fifty' is invalid: expected a port number from 0 to 65535"
+        "patron: PATRON_GRPC_PORT='fifty' is invalid: expected a port number from 0 to 65535"
     )
 

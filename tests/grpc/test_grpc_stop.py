@@ -32,7 +32,7 @@ def test_in_flight_rpcs_finish_after_stop_while_new_ones_are_refused(
         in_flight = [stub.Block.future(HelloRequest(name=str(n)), timeout=20) for n in range(3)]
         for _ in in_flight:
             assert echo.started.acquire(timeout=5)
-        stopper = threading.Thread(target=running.stop)
+        stopper = threading.Thread(target=running.shutdown)
         stopper.start()
 
         wait_for(lambda: _refused(stub), timeout=5)
@@ -56,7 +56,7 @@ def test_rpcs_still_running_at_the_end_of_the_grace_are_cancelled(
     with running.channel() as ch:
         call = EchoStub(ch).Block.future(HelloRequest(name="late"), timeout=20)
         assert echo.started.acquire(timeout=5)
-        running.stop(timeout=10)  # returns once the cancelled handler returned
+        running.shutdown(timeout=10)  # returns once the cancelled handler returned
 
         assert echo.ended.is_set(), "the handler was not told that its RPC ended"
         error = call.exception(5)

@@ -9,12 +9,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import prometheus_client
 import pytest
 
 from patron import Component, Config, Service
 from patron.http import HTTPComponent, Middleware, Mount, Route
 from tests.conftest import wait_for
+from tests.support.metrics import await_sample, sample
+
+__all__ = ["Reply", "Running", "Serve", "await_sample", "sample", "serve"]
 
 
 @dataclasses.dataclass
@@ -106,7 +108,8 @@ def serve() -> Iterator[Serve]:
         service.start()
         started.append(service)
         running = Running(service, 0)
-        running.port = running.component.wait_listening(5)
+        assert running.component.wait_started(5)
+        running.port = running.component.port
         return running
 
     yield start
@@ -123,22 +126,3 @@ def _framework_threads() -> list[str]:
     return [
         t.name for t in threading.enumerate() if t.name.startswith(("patron-", "waitress-"))
     ]
-
-
-def sample(name: str, **labels: str) -> float:
-    """The current value of a sample in the default registry (0 when absent)."""
-    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-def await_sample(name: str, expected: float, /, **labels: str) -> None:
-    """Wait until a sample equals ``expected``.
-
-    A request is counted when the server closes its response iterable, which may happen just
-    after the client has read the whole response.
-    """
-    try:
-        wait_for(lambda: sample(name, **labels) == expected, timeout=5)
-    except AssertionError:
-        actual = sample(name, **labels)
-        raise AssertionError(f"{name}{labels} = {actual}, expected {expected}") from None

@@ -189,7 +189,8 @@ def _traced(config: Config) -> Iterator[Running]:
     service.start()
     try:
         running = Running(service, 0)
-        running.port = running.component.wait_listening(5)
+        assert running.component.wait_started(5)
+        running.port = running.component.port
         yield running
     finally:
         service.stop()

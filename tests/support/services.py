@@ -153,7 +153,8 @@ def embedded_host() -> int:
         try:
             http = service.components["http"]
             assert isinstance(http, HTTPComponent)
-            port = http.wait_listening(5)
+            assert http.wait_started(5)
+            port = http.port
             seen["ready"] = _get_status(f"http://127.0.0.1:{port}/ready")
             seen["handlers_kept_while_running"] = all(
                 signal.getsignal(s) is h for s, h in before.items()
@@ -194,7 +195,8 @@ def loaded_modules(target: str) -> int:
     try:
         http = service.components["http"]
         assert isinstance(http, HTTPComponent)
-        port = http.wait_listening(5)
+        assert http.wait_started(5)
+        port = http.port
         status = _get_status(f"http://127.0.0.1:{port}/hello/x")
         heavy = sorted(
             name for name in sys.modules if name.split(".")[0] in HEAVY_MODULES
