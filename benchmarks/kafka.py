@@ -31,7 +31,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from patron import Service
 from patron.config import Config
-from patron.kafka import Batch, KafkaConsumer
+from patron.kafka import KafkaConsumer
+from patron.messaging import Batch
 from patron.testing.kafka import MockCluster
 
 SETTINGS = {  # the component's own policy: store after processing, commit in the background

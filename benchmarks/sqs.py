@@ -8,7 +8,7 @@ moto's server runs in a child process (``python -m patron.testing.sqs``). Each r
 variant, a fresh queue is filled with the same ``--messages`` messages (setup, not measured),
 then consumed until every message was deleted. The CPU time measured is that of the consumer's
 own threads (``pthread_getcpuclockid``: the raw loop's thread, or the component's thread and its
-pollers), read at the moment the last delete was confirmed:
+poller threads), read at the moment the last delete was confirmed:
 
 * ``raw``: ``receive_message(MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames
   =["All"], AttributeNames=["All"])``, a no-op per message, one ``delete_message_batch`` per
@@ -16,7 +16,7 @@ pollers), read at the moment the last delete was confirmed:
 * ``patron``: an :class:`patron.sqs.SQSConsumer` in a Service (tracing with the default sampler,
   metrics, correlation ids, a span per message) with ``max_messages=10``, ``wait_time=1``,
   batch size 1 and a no-op processor;
-* ``patron x4``: the same with ``pollers=4``.
+* ``patron x4``: the same with ``concurrency=4`` (four pollers).
 
 moto's cost per call grows with the depth of the queue, so wall-clock throughput measures moto
 more than the consumer: the figure compared is the consumer threads' CPU time per message at
@@ -184,14 +184,15 @@ def _raw(client: Any, url: str, n: int) -> Run:
     return Run(counting.end_wall - wall, counting.end_cpu, counting.deleted)
 
 
-def _patron(client: Any, url: str, n: int, pollers: int) -> Run:
+def _patron(client: Any, url: str, n: int, concurrency: int) -> Run:
     from patron import Config, Service
     from patron.messaging import Batch
     from patron.sqs import SQSConsumer
 
     def threads() -> list[threading.Thread]:
-        # The consumer's own: the component thread and its pollers. Tracing and the supervisor
-        # are set up in this thread, or wait, and are not counted.
+        # The consumer's own: the component thread (patron-bench-sqs) and, with concurrency
+        # above 1, its pollers (patron-bench-sqs-<i>). Tracing and the supervisor are set up
+        # in this thread, or wait, and are not counted.
         return [t for t in threading.enumerate() if t.name.startswith("patron-bench-sqs")]
 
     counting = _Counting(client, n, threads)
@@ -200,7 +201,7 @@ def _patron(client: Any, url: str, n: int, pollers: int) -> Run:
         pass  # the no-op processor
 
     consumer = SQSConsumer(url, process, client=counting, max_messages=MAX_MESSAGES,
-                           wait_time=WAIT, pollers=pollers, name="bench-sqs")
+                           wait_time=WAIT, concurrency=concurrency, name="bench-sqs")
     service = Service("bench-sqs", components=[consumer], default_http=False,
                       config=Config(shutdown_timeout=30.0))
     wall = time.perf_counter()
@@ -241,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                     if variant == "raw":
                         run = _raw(client, url, args.messages)
                     else:
-                        pollers = 4 if variant.endswith("x4") else 1
-                        run = _patron(client, url, args.messages, pollers)
+                        concurrency = 4 if variant.endswith("x4") else 1
+                        run = _patron(client, url, args.messages, concurrency)
                 finally:
                     client.delete_queue(QueueUrl=url)
                 # moto (like SQS, at least once) may hand concurrent pollers the same message

@@ -14,11 +14,16 @@ Run it with ``python -m patron samples.amqp_consumer``. Environment:
 ``SAMPLE_DELAY``
     optional seconds of simulated work per message (default 0), to watch a stream being
     processed or interrupted.
+``SAMPLE_CONCURRENCY``
+    how many connections consume the queue, each in a thread of its own (default 1); the
+    processor then runs in that many threads at once, so it writes the output file under a
+    lock.
 
 Each message is logged with its correlation id (the ``X-Correlation-Id`` header, or a new
-one). The default HTTP component serves ``/ready`` (ready once subscribed), ``/alive`` and
-``/metrics`` on ``PATRON_HTTP_DEFAULT_PORT`` (50000). SIGTERM or SIGINT stop it gracefully:
-the message in hand is finished and acknowledged, prefetched ones go back to the queue.
+one). The default HTTP component serves ``/ready`` (ready once every connection subscribed),
+``/alive`` and ``/metrics`` on ``PATRON_HTTP_DEFAULT_PORT`` (50000). SIGTERM or SIGINT stop it
+gracefully: the message in hand is finished and acknowledged, prefetched ones go back to the
+queue.
 Try it::
 
     python -m patron samples.amqp_consumer &
@@ -30,12 +35,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import TextIO
 
 from patron import Service
-from patron.amqp import AMQPConsumer, QueueDeclaration
-from patron.messaging import Message, per_message
+from patron.amqp import AMQPConsumer, AMQPMessage, QueueDeclaration
+from patron.messaging import per_message
 
 __all__ = ["service"]
 
@@ -52,16 +58,20 @@ def service() -> Service:
     queue = os.environ.get("AMQP_QUEUE", "patron-sample")
     path = os.environ.get("SAMPLE_OUTPUT")
     delay = float(os.environ.get("SAMPLE_DELAY") or 0)
+    concurrency = int(os.environ.get("SAMPLE_CONCURRENCY") or 1)
     output: TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+    lock = threading.Lock()  # with concurrency above 1, handle runs in several threads at once
 
-    def handle(message: Message) -> None:
+    def handle(message: AMQPMessage) -> None:
         if delay > 0:
             time.sleep(delay)  # the simulated work
         line = _line(message.body)
         if output is not None:
-            output.write(line + "\n")
-            output.flush()
+            with lock:  # whole lines, flushed before the message is acknowledged
+                output.write(line + "\n")
+                output.flush()
         logger.info("message: %s", line[:200])
 
-    consumer = AMQPConsumer(url, queue, per_message(handle), declare=QueueDeclaration(durable=True))
+    consumer = AMQPConsumer(url, queue, per_message(handle), concurrency=concurrency,
+                            declare=QueueDeclaration(durable=True))
     return Service("amqp-consumer", "1.0.0", components=[consumer])

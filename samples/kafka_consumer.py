@@ -16,6 +16,9 @@ Run it with ``python -m patron samples.kafka_consumer``. Configuration (environm
 ``KAFKA_SESSION_TIMEOUT``
     optional, the group session timeout (default ``10s``; plain seconds or ``6500ms``): how
     long the group waits for a killed instance before giving its partitions to another
+``SAMPLE_CONCURRENCY``
+    optional, how many members of the group this instance runs, each in a thread of its own
+    (default ``1``); the output file is written under a lock, so the lines stay whole
 
 Every message is logged with its correlation id (``X-Correlation-Id`` header, or a new one).
 The default HTTP component serves ``/ready``, ``/alive`` and ``/metrics`` on
@@ -28,8 +31,9 @@ press Ctrl-D. Then start the sample and send it a message::
     SAMPLE_OUTPUT=out.txt python -m patron samples.kafka_consumer &
     python - <<'EOF'
     import os
-    from patron.kafka import KafkaProducer
-    KafkaProducer(os.environ["KAFKA_BROKERS"]).send("patron-sample", "hello")
+    from patron.kafka import KafkaPublisher
+    with KafkaPublisher(os.environ["KAFKA_BROKERS"]) as publisher:
+        publisher.publish("patron-sample", "hello")
     EOF
 """
 
@@ -41,7 +45,7 @@ import threading
 
 from patron import ConfigError, Service
 from patron.config import parse_duration
-from patron.kafka import KafkaConsumer, Message
+from patron.kafka import KafkaConsumer, KafkaMessage
 from patron.messaging import per_message
 
 __all__ = ["service"]
@@ -50,13 +54,17 @@ logger = logging.getLogger("samples.kafka_consumer")
 
 
 class _Lines:
-    """Appends one line a message to ``path`` (or nowhere), written before the commit."""
+    """Appends one line a message to ``path`` (or nowhere), written before the commit.
+
+    Thread-safe: with ``SAMPLE_CONCURRENCY`` above 1 several members call :meth:`handle` at
+    once, and the lock keeps their lines from interleaving.
+    """
 
     def __init__(self, path: str | None) -> None:
         self._path = path
         self._lock = threading.Lock()
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: KafkaMessage) -> None:
         line = message.body.decode("utf-8", "backslashreplace").replace("\n", "\\n")
         if self._path:
             with self._lock, open(self._path, "a", encoding="utf-8") as out:
@@ -75,6 +83,17 @@ def _session_timeout(text: str) -> float:
     return seconds
 
 
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
+                          "of at least 1")
+    return value
+
+
 def service() -> Service:
     """The sample service, configured from the environment when called."""
     env = os.environ
@@ -84,5 +103,6 @@ def service() -> Service:
         env.get("KAFKA_TOPIC", "patron-sample"),
         per_message(_Lines(env.get("SAMPLE_OUTPUT") or None).handle),
         session_timeout=_session_timeout(env.get("KAFKA_SESSION_TIMEOUT") or "10"),
+        concurrency=_concurrency(env.get("SAMPLE_CONCURRENCY") or "1"),
     )
     return Service("kafka-consumer", "1.0.0", components=[consumer])

@@ -16,6 +16,9 @@ Run it with ``python -m patron samples.sqs_consumer``. Configuration, from the e
     are written as ``\\n``).
 ``SAMPLE_DELAY``
     Seconds of pretend work per message (default 0), to watch a stop in the middle of a batch.
+``SAMPLE_CONCURRENCY``
+    Pollers receiving and processing in threads of their own (default 1): the consumer's
+    ``concurrency``. The handler is thread-safe (output lines are written under a lock).
 
 Plus the usual ``PATRON_*`` variables (``PATRON_HTTP_DEFAULT_PORT`` for ``/ready``,
 ``/metrics``...). Try it against moto, in three shells::
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -39,7 +43,8 @@ import boto3
 import botocore.exceptions
 
 from patron import Service
-from patron.sqs import Batch, SQSConsumer, SQSMessage
+from patron.messaging import per_message
+from patron.sqs import SQSConsumer, SQSMessage
 
 __all__ = ["service"]
 
@@ -61,6 +66,9 @@ def service() -> Service:
     queue = os.environ.get("SQS_QUEUE") or "patron-sample"
     output = os.environ.get("SAMPLE_OUTPUT") or None
     delay = float(os.environ.get("SAMPLE_DELAY") or 0)
+    concurrency = int(os.environ.get("SAMPLE_CONCURRENCY") or 1)
+    # With several pollers the handler runs in several threads: one line at a time.
+    output_lock = threading.Lock()
 
     try:
         _ensure_queue(endpoint, queue)
@@ -69,19 +77,17 @@ def service() -> Service:
             f"sqs_consumer: cannot reach or create SQS queue {queue!r}: {exc}"
         ) from None
 
-    def process(batch: Batch) -> None:
-        # A batch of one (the default): the loop made its correlation id current already.
-        for message in batch:
-            assert isinstance(message, SQSMessage)
-            if delay:
-                time.sleep(delay)  # stands for real work
-            text = message.body.decode("utf-8", errors="replace")
-            logger.info("message %s (correlation id %s): %s", message.message_id,
-                        message.correlation_id, text)
-            if output:
-                line = text.replace("\r", "\\r").replace("\n", "\\n")
-                with open(output, "a", encoding="utf-8") as sink:
-                    sink.write(line + "\n")
+    def handle(message: SQSMessage) -> None:
+        if delay:
+            time.sleep(delay)  # stands for real work
+        text = message.body.decode("utf-8", errors="replace")
+        logger.info("message %s (correlation id %s): %s", message.message_id,
+                    message.correlation_id, text)
+        if output:
+            line = text.replace("\r", "\\r").replace("\n", "\\n")
+            with output_lock, open(output, "a", encoding="utf-8") as sink:
+                sink.write(line + "\n")
 
-    consumer = SQSConsumer(queue, process, endpoint_url=endpoint, max_messages=10, wait_time=2)
+    consumer = SQSConsumer(queue, per_message(handle), endpoint_url=endpoint, max_messages=10,
+                           wait_time=2, concurrency=concurrency)
     return Service("sqs-consumer", "1.0.0", components=[consumer])

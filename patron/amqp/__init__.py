@@ -1,11 +1,11 @@
-"""RabbitMQ (AMQP 0-9-1) on pika: the consumer component and the publisher client.
+"""RabbitMQ (AMQP 0-9-1) for patron, on pika: a consumer component and a publisher.
 
-``AMQPConsumer`` is a component (run it in a :class:`patron.Service`) built on the shared
-:mod:`patron.messaging` loop; ``AMQPPublisher`` publishes with confirms, correlation id and
-trace context. pika is imported only when this package is.
+:class:`AMQPConsumer` is a component built on the consumer loop every patron consumer shares
+(see :mod:`patron.messaging`); :class:`AMQPPublisher` publishes with confirms, correlation id
+and trace context. Importing this package imports pika (the ``patron[amqp]`` extra).
 """
 
-from patron.amqp.consumer import AMQPConsumer, Delivery, QueueDeclaration
+from patron.amqp.consumer import AMQPConsumer, AMQPMessage, QueueDeclaration
 from patron.amqp.publisher import AMQPPublisher, PublishError
 
-__all__ = ["AMQPConsumer", "AMQPPublisher", "Delivery", "PublishError", "QueueDeclaration"]
+__all__ = ["AMQPConsumer", "AMQPMessage", "AMQPPublisher", "PublishError", "QueueDeclaration"]

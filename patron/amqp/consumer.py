@@ -1,15 +1,16 @@
 """The RabbitMQ (AMQP 0-9-1) consumer component, on pika's ``BlockingConnection``.
 
-It is a :class:`patron.messaging.ConsumerLoop` driven by an AMQP transport, so batching,
-retries, failure strategies, spans and correlation ids work as for every patron consumer.
+It runs the consumer loop every patron consumer shares (:mod:`patron.messaging`), so batching,
+retries, failure strategies, readiness, spans and correlation ids work as for all of them.
 
 Threads
-    pika connections are not thread-safe, so the connection lives in the component's thread
-    and nowhere else: connect, subscribe, receive, ack/nack, the queue-size probe and close all
-    run there, and so does the processor. :meth:`Message.ack` / :meth:`Message.nack` only
-    record a decision; the transport carries it out after the processor returned. Messages
-    expose no channel, so user code cannot touch the connection from another thread. Only
-    :meth:`AMQPConsumer.ready` is called from other threads; it reads a flag.
+    pika connections are not thread-safe, so each connection lives in one thread and nowhere
+    else (the component's; with ``concurrency=N``, N connections each in a thread of its own):
+    connect, subscribe, receive, ack/nack, the queue-size probe and close all run there, and so
+    does the processor. :meth:`Message.ack` / :meth:`Message.nack` only record a decision; the
+    transport carries it out after the processor returned. Messages expose no channel, so user
+    code cannot touch the connection from another thread. Only :meth:`AMQPConsumer.ready` is
+    called from other threads; it reads flags.
 
 Acknowledgement (at-least-once)
     Manual acks with a prefetch window (``basic_qos``): a message is acked once the processor
@@ -41,6 +42,13 @@ Stop
     On stop the batch in hand is finished and acked, then the consumer is cancelled, every
     message prefetched but not processed is handed back at once (``basic_nack`` with requeue),
     and the channel and connection are closed.
+
+Metrics
+    ``component_amqp_message_counter{queue, state, hasError}`` counts messages ``FETCHED``,
+    ``ACK`` and ``NACK``, ``hasError`` telling whether the processor failed on them;
+    ``component_amqp_message_age{queue}`` is the age in seconds of the last message received
+    (from its AMQP timestamp); ``component_amqp_queue_size{queue}`` the messages ready in the
+    queue, read with a passive declare every ``stats_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -58,11 +66,10 @@ import pika
 from pika import exceptions as pika_errors
 
 from patron import metrics
-from patron.amqp._connection import describe, parameters, redact
+from patron.amqp._client import CONNECT_ERRORS, describe, parameters, redact
 from patron.messaging import (
     Batch,
     ConnectionRetry,
-    ConsumerLoop,
     FailureStrategy,
     Message,
     MessageState,
@@ -70,16 +77,16 @@ from patron.messaging import (
     Processor,
     Retry,
 )
+from patron.messaging._consumer import Consumer
+from patron.messaging._counter import StateCounter
+from patron.messaging._loop import Counts, TransportBase
+from patron.messaging._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATS_INTERVAL
 
-__all__ = ["AMQPConsumer", "Delivery", "QueueDeclaration"]
+__all__ = ["AMQPConsumer", "AMQPMessage", "QueueDeclaration"]
 
 logger = logging.getLogger("patron.amqp")
 
-_MESSAGE_COUNTER = metrics.counter(
-    "component_amqp_message_counter",
-    "AMQP messages by state (FETCHED, ACK, NACK) and whether processing failed",
-    ["queue", "state", "hasError"],
-)
+_MESSAGE_COUNTER = StateCounter("amqp")
 _MESSAGE_AGE = metrics.gauge(
     "component_amqp_message_age",
     "Age in seconds of the last message received, from its AMQP timestamp property",
@@ -116,82 +123,83 @@ class QueueDeclaration:
     routing_key: str | None = None
 
 
-class Delivery:
-    """What the broker delivered with a message: the ``raw`` of every AMQP :class:`Message`.
+class AMQPMessage(Message):
+    """A message RabbitMQ delivered; ``raw`` is pika's ``Basic.Deliver`` method.
 
-    ``method`` is pika's ``Basic.Deliver`` (``delivery_tag``, ``redelivered``, ``exchange``,
-    ``routing_key``), ``properties`` its ``BasicProperties`` (``message_id``, ``content_type``,
-    ``timestamp``, ...). It gives no access to the channel: acknowledge through the message.
+    ``properties`` are its ``BasicProperties`` (``message_id``, ``content_type``,
+    ``timestamp``...), ``headers`` the AMQP headers table (pika's value types), ``timestamp``
+    the AMQP timestamp property when set. ``delivery_tag``, ``redelivered``, ``exchange`` and
+    ``routing_key`` come from the delivery. It gives no access to the channel: acknowledge
+    through :meth:`ack` / :meth:`nack`.
     """
 
-    __slots__ = ("generation", "method", "properties")
+    transport = "amqp"
 
-    def __init__(self, method: Any, properties: Any, generation: int) -> None:
-        self.method = method
+    def __init__(self, method: Any, properties: Any, body: bytes, queue: str) -> None:
+        # no super().__init__(): the class defaults are enough, and this runs per message
+        self.raw = method
         self.properties = properties
-        self.generation = generation  # which connection delivered it: tags are per channel
+        self._body = body
+        self.source = queue
+
+    @property
+    def timestamp(self) -> float | None:
+        stamp = self.properties.timestamp
+        return None if stamp is None else float(stamp)
+
+    def _load_headers(self) -> Mapping[str, Any]:
+        return self.properties.headers or {}
 
     @property
     def delivery_tag(self) -> int:
-        return int(self.method.delivery_tag)
+        return int(self.raw.delivery_tag)
 
     @property
     def redelivered(self) -> bool:
-        return bool(self.method.redelivered)
+        return bool(self.raw.redelivered)
 
     @property
     def exchange(self) -> str:
-        return str(self.method.exchange)
+        return str(self.raw.exchange)
 
     @property
     def routing_key(self) -> str:
-        return str(self.method.routing_key)
+        return str(self.raw.routing_key)
 
     @property
     def message_id(self) -> str | None:
         value = self.properties.message_id
         return None if value is None else str(value)
 
-    def __repr__(self) -> str:
-        return (f"<Delivery tag={self.delivery_tag} exchange={self.exchange!r} "
-                f"routing_key={self.routing_key!r} redelivered={self.redelivered}>")
 
-
-class AMQPConsumer:
+class AMQPConsumer(Consumer):
     """A component consuming queue ``queue`` of the broker at ``url`` (``amqp://``/``amqps://``).
 
-    ``processor`` gets a :class:`patron.messaging.Batch` of up to ``batch_size`` messages,
-    waiting at most ``batch_timeout`` s after the first one for the batch to fill (it is never
-    called with an empty batch). ``prefetch`` is the number of unacked messages the broker
-    may push ahead (``basic_qos``); it defaults to ``max(10, 2 * batch_size)`` and must be at
-    least ``batch_size``.
-
+    The options every consumer shares (see :mod:`patron.messaging`): ``processor`` gets a
+    :class:`patron.messaging.Batch` of up to ``batch_size`` :class:`AMQPMessage` objects,
+    waiting at most ``batch_timeout`` s after the first one for the batch to fill;
     ``failure`` applies when the processor keeps raising for a message (after
     ``processing_retry``): ``exit`` (not acked; the component fails), ``skip`` (acked, counted
     with ``hasError="true"``) or ``nack`` (handed back: requeued when ``requeue``, else
-    dead-lettered by the queue's ``x-dead-letter-exchange``, or dropped without one). The
-    processor may also decide per message with ``message.nack(requeue=...)``.
+    dead-lettered by the queue's ``x-dead-letter-exchange``, or dropped without one);
+    ``connection_retry`` reconnects and resubscribes after a failure (broker unreachable,
+    wrong credentials, connection closed), ``connect_timeout`` bounding each attempt;
+    ``concurrency`` connections consume in as many threads; the queue's size is read every
+    ``stats_interval`` s; ``name`` (default ``amqp-<queue>``) names the component. A missing
+    queue (without ``declare``), a queue the user may not read, or a declaration that
+    conflicts with the broker's fails at once with :class:`patron.messaging.PermanentError`.
 
-    ``retries`` / ``retry_wait`` are the connection retries: after a failure (broker
-    unreachable, wrong credentials, connection closed) it reconnects and resubscribes at most
-    ``retries`` times in a row, the count starting again once consuming works; then the
-    component fails with :class:`patron.messaging.TransportError`. A missing queue (without
-    ``declare``), a queue the user may not read, or a declaration that conflicts with the
-    broker's fails at once with :class:`patron.messaging.PermanentError`.
-
-    ``declare`` (a :class:`QueueDeclaration`, or True for a durable queue) creates the queue,
-    and optionally an exchange and binding, when the queue is missing; by default the
-    existing topology is used as is. ``heartbeat`` (s, see the module docstring) bounds one
-    processor call; ``connect_timeout`` bounds each connection attempt. ``ack_delay`` (s)
-    is how long acks of a fast stream may be held back to go out together (see the module
-    docstring); 0 sends each batch's ack before the next batch is handed out. Every
-    ``stats_interval`` s the queue's size is read with a passive declare for
-    ``component_amqp_queue_size``. ``connection_name`` is the connection's name as the broker
-    shows it (default ``patron-<name>``).
-
-    ``ready()`` is true while subscribed to the queue. Messages carry ``raw`` (a
-    :class:`Delivery`), ``headers`` (the AMQP headers table, pika's value types) and
-    ``timestamp`` (the AMQP timestamp property, when set).
+    AMQP's own: ``prefetch`` is the number of unacked messages the broker may push ahead per
+    connection (``basic_qos``); it defaults to ``max(10, 2 * batch_size)`` and must be at least
+    ``batch_size``. ``requeue`` is what the ``nack`` strategy asks for; the processor may also
+    decide per message with ``message.nack(requeue=...)``. ``declare`` (a
+    :class:`QueueDeclaration`, or True for a durable queue) creates the queue, and optionally
+    an exchange and binding, when the queue is missing; by default the existing topology is
+    used as is. ``heartbeat`` (s, see the module docstring) bounds one processor call.
+    ``ack_delay`` (s) is how long acks of a fast stream may be held back to go out together
+    (see the module docstring); 0 sends each batch's ack before the next batch is handed out.
+    ``connection_name`` is the connection's name as the broker shows it (default
+    ``patron-<name>``).
     """
 
     def __init__(
@@ -202,19 +210,19 @@ class AMQPConsumer:
         *,
         batch_size: int = 1,
         batch_timeout: float = 0.1,
-        prefetch: int | None = None,
         failure: FailureStrategy | str = FailureStrategy.EXIT,
         processing_retry: Retry | None = None,
+        connection_retry: ConnectionRetry | None = None,
+        concurrency: int = 1,
+        stats_interval: float = DEFAULT_STATS_INTERVAL,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        name: str | None = None,
+        prefetch: int | None = None,
         requeue: bool = True,
-        retries: int = 10,
-        retry_wait: float = 5.0,
         heartbeat: int = 30,
-        connect_timeout: float = 30.0,
-        stats_interval: float = 5.0,
         ack_delay: float = 0.02,
         declare: QueueDeclaration | bool | None = None,
         connection_name: str | None = None,
-        name: str | None = None,
     ) -> None:
         if not isinstance(queue, str) or not queue:
             raise ValueError("AMQPConsumer needs a queue name")
@@ -227,96 +235,57 @@ class AMQPConsumer:
                 f"prefetch must be between batch_size ({batch_size}) and {_MAX_PREFETCH}, "
                 f"not {prefetch}: a smaller window could never fill a batch"
             )
-        if stats_interval <= 0:
-            raise ValueError(f"stats_interval must be positive, not {stats_interval}")
         if ack_delay < 0:
             raise ValueError(f"ack_delay must be >= 0, not {ack_delay}")
-        if declare is True:
-            declare = QueueDeclaration()
-        elif declare is False:
-            declare = None
-        self.name = name or f"amqp-{queue}"
+        name = name or f"amqp-{queue}"
         self.queue = queue
         self.url = redact(url)
         self.prefetch = prefetch
-        self._transport = _AmqpTransport(
-            name=self.name,
-            url=self.url,
-            queue=queue,
-            params=parameters(
-                url,
-                heartbeat=heartbeat,
-                connect_timeout=connect_timeout,
-                connection_name=connection_name or f"patron-{self.name}",
-            ),
-            prefetch=prefetch,
-            declaration=declare,
-            stats_interval=stats_interval,
-            ack_delay=ack_delay,
-        )
-        self._loop = ConsumerLoop(
-            self._transport,
-            processor,
-            name=self.name,
+        self._heartbeat = heartbeat
+        self._connection_name = connection_name or f"patron-{name}"
+        self._declaration = QueueDeclaration() if declare is True else declare or None
+        self._ack_delay = ack_delay
+        self._raw_url = url
+        parameters(url, heartbeat=heartbeat, connect_timeout=connect_timeout,
+                   connection_name=self._connection_name)  # a bad URL fails here, not at start
+        super().__init__(
+            name=name,
+            processor=processor,
             batch_size=batch_size,
             batch_timeout=batch_timeout,
             failure=failure,
-            retry=processing_retry,
-            connection=ConnectionRetry(retries, retry_wait),
+            processing_retry=processing_retry,
+            connection_retry=connection_retry,
+            concurrency=concurrency,
+            stats_interval=stats_interval,
+            connect_timeout=connect_timeout,
             requeue=requeue,
             log=logger,
         )
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; see the module docstring for what that involves.
+    def _transport(self, index: int) -> _AmqpTransport:
+        suffix = "" if self.concurrency == 1 else f"-{index}"
+        return _AmqpTransport(
+            name=self._loop_name(index),
+            url=self.url,
+            queue=self.queue,
+            params=parameters(
+                self._raw_url,
+                heartbeat=self._heartbeat,
+                connect_timeout=self.connect_timeout,
+                connection_name=f"{self._connection_name}{suffix}",
+            ),
+            prefetch=self.prefetch,
+            declaration=self._declaration,
+            ack_delay=self._ack_delay,
+        )
 
-        Raises :class:`patron.messaging.ProcessingError`, ``TransportError`` or
-        ``PermanentError`` after the connection was closed.
-        """
-        logger.info("%s: consuming queue %s at %s (prefetch %d)", self.name, self.queue,
-                    self.url, self.prefetch)
-        self._loop.run(_ServicingStop(stop, self._transport))
-        logger.info("%s: stopped", self.name)
-
-    def ready(self) -> bool:
-        """True while subscribed to the queue (any thread)."""
-        return self._transport.consuming
-
-
-class _ServicingStop(threading.Event):
-    """The component's stop event as the loop sees it: waiting on it keeps the connection
-    alive (answers heartbeats) instead of sleeping. Runs in the component thread, the only one
-    that waits on it; setting and reading it is delegated to the Service's event."""
-
-    def __init__(self, stop: threading.Event, transport: _AmqpTransport) -> None:
-        super().__init__()
-        self._stop = stop
-        self._transport = transport
-
-    def is_set(self) -> bool:
-        return self._stop.is_set()
-
-    def set(self) -> None:
-        self._stop.set()
-
-    def clear(self) -> None:
-        self._stop.clear()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._stop.is_set():
-            left = _IDLE_SLICE if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if not self._transport.idle(min(left, _IDLE_SLICE)):
-                return self._stop.wait(None if deadline is None else left)
-        return True
+    def _describe(self) -> str:
+        return f"queue {self.queue} at {self.url} (prefetch {self.prefetch})"
 
 
-class _AmqpTransport:
-    """The client side of :class:`AMQPConsumer`; every method runs in the component thread."""
-
-    supports_nack = True
+class _AmqpTransport(TransportBase):
+    """The client side of one connection; every method runs in its loop's thread."""
 
     def __init__(
         self,
@@ -327,7 +296,6 @@ class _AmqpTransport:
         params: pika.URLParameters,
         prefetch: int,
         declaration: QueueDeclaration | None,
-        stats_interval: float,
         ack_delay: float,
     ) -> None:
         self.name = name
@@ -336,40 +304,28 @@ class _AmqpTransport:
         self.params = params
         self.prefetch = prefetch
         self.declaration = declaration
-        self.stats_interval = stats_interval
         self.ack_delay = ack_delay
-        self.consuming = False  # read by ready() from other threads: a plain bool is enough
         self._connection: Any = None
         self._channel: Any = None
         self._tag: str | None = None
-        self._generation = 0
         self._buffer: collections.deque[tuple[Any, Any, bytes]] = collections.deque()
-        self._failure: BaseException | None = None
         self._settled_tag = 0  # every delivery tag up to this one is decided on
         self._acked_tag = 0  # ... and up to this one, the broker was told
         self._deferred_since = 0.0  # when the oldest ack not sent yet was decided
         self._handed_out = 0.0  # when fetch last handed messages to the loop
         self._ack_window = max(1, prefetch // 2)
-        self._next_stats = 0.0
-        self._fetched = _MESSAGE_COUNTER.labels(queue, "FETCHED", "false")
-        self._counters = {
-            (state, error): _MESSAGE_COUNTER.labels(queue, state, error)
-            for state in ("ACK", "NACK") for error in ("false", "true")
-        }
         self._age = _MESSAGE_AGE.labels(queue)
         self._size = _QUEUE_SIZE.labels(queue)
 
     # -- Transport ---------------------------------------------------------------------------
 
     def connect(self) -> None:
-        self._failure = None
         self._buffer.clear()
         self._settled_tag = self._acked_tag = 0
         self._deferred_since = 0.0
-        self._generation += 1
         try:
             self._connection = pika.BlockingConnection(self.params)
-        except (pika_errors.AMQPError, OSError) as exc:
+        except CONNECT_ERRORS as exc:
             raise ConnectionError(f"cannot connect to {self.url}: {describe(exc)}") from exc
         try:
             self._channel = self._connection.channel()
@@ -386,15 +342,12 @@ class _AmqpTransport:
                 f"{self.name}: cannot consume queue {self.queue!r} at {self.url}: {describe(exc)}"
             ) from exc
         self._size.set(ready_count)
-        self._next_stats = time.monotonic() + self.stats_interval
-        self.consuming = True
+        self.connected = True
         logger.info("%s: subscribed to %s (%d message(s) ready)", self.name, self.queue,
                     ready_count)
 
-    def fetch(self, max_messages: int, timeout: float) -> Sequence[Message]:
-        self._raise_failure()
+    def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
         buffer = self._buffer
-        now = time.monotonic()
         if len(buffer) < max_messages:
             # Deliveries reach the buffer only while pika processes I/O, which also answers
             # heartbeats; block only when there is nothing to hand out. Waiting acks go
@@ -402,28 +355,16 @@ class _AmqpTransport:
             if self._deferred_since:
                 self._send_acks()
             self._connection.process_data_events(time_limit=timeout if not buffer else 0)
-            self._raise_failure()
-        elif self._deferred_since and now - self._deferred_since >= self.ack_delay:
+        elif self._deferred_since and time.monotonic() - self._deferred_since >= self.ack_delay:
             self._send_acks()
-        if time.monotonic() >= self._next_stats:
-            self._probe_queue()
         count = min(max_messages, len(buffer))
         if not count:
             return []
         messages = []
-        queue, generation, pop = self.queue, self._generation, buffer.popleft
+        queue, pop = self.queue, buffer.popleft
         for _ in range(count):
             method, properties, body = pop()
-            stamp = properties.timestamp
-            messages.append(Message(
-                body,
-                headers=properties.headers,  # None when the message has none
-                source=queue,
-                raw=Delivery(method, properties, generation),
-                timestamp=None if stamp is None else float(stamp),
-                transport="amqp",
-            ))
-        self._fetched.inc(count)
+            messages.append(AMQPMessage(method, properties, body, queue))
         self._handed_out = time.monotonic()
         last = messages[-1].timestamp
         if last is not None:
@@ -431,17 +372,16 @@ class _AmqpTransport:
         return messages
 
     def settle(self, batch: Batch) -> None:
-        self._raise_failure()  # the connection broke during a pause: the broker redelivers
-        channel, generation = self._channel, self._generation
-        first, last = batch[0].raw, batch[-1].raw
+        # Every message comes from the current channel: a broken connection is a failure the
+        # loop raises before it settles, and what that channel delivered is redelivered.
+        first, last = batch[0].raw.delivery_tag, batch[-1].raw.delivery_tag
         if (
-            last.generation == generation
-            and first.delivery_tag == self._settled_tag + 1
-            and last.delivery_tag - first.delivery_tag + 1 == len(batch)
-            and all(m.state is _ACKED for m in batch)
+            first == self._settled_tag + 1
+            and last - first + 1 == len(batch)
+            and all(m._state is _ACKED for m in batch)
         ):
             # Everything up to the last tag is decided: one frame (now or soon) acks all of it.
-            self._settled_tag = last.delivery_tag
+            self._settled_tag = last
             now = time.monotonic()
             if not self._deferred_since:
                 self._deferred_since = now
@@ -451,27 +391,51 @@ class _AmqpTransport:
                 or self._settled_tag - self._acked_tag >= self._ack_window
             ):
                 self._send_acks()
-        else:
-            if self._deferred_since:
-                self._send_acks()
-            gap = False
-            for message in batch:
-                delivery: Delivery = message.raw
-                if delivery.generation != generation:
-                    continue  # its channel is gone; the broker redelivers it
-                if message.state is MessageState.ACKED:
-                    channel.basic_ack(delivery.delivery_tag)
-                elif message.state is MessageState.NACKED:
-                    channel.basic_nack(delivery.delivery_tag, requeue=message.requeue)
-                else:
-                    gap = True
-                if not gap:
-                    self._settled_tag = delivery.delivery_tag
-            self._acked_tag = self._settled_tag
-        self._count(batch)
+            return
+        if self._deferred_since:
+            self._send_acks()
+        channel, gap = self._channel, False
+        for message in batch:
+            tag = message.raw.delivery_tag
+            if message._state is _ACKED:
+                channel.basic_ack(tag)
+            elif message._state is MessageState.NACKED:
+                channel.basic_nack(tag, requeue=message._requeue)
+            else:
+                gap = True
+            if not gap:
+                self._settled_tag = tag
+        self._acked_tag = self._settled_tag
+
+    def pause(self, stop: threading.Event, seconds: float) -> bool:
+        """Process the connection's I/O (heartbeats, waiting acks) while waiting, in slices
+        that bound how late ``stop`` is seen."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.failure is not None:  # the loop reconnects at its next step: go there
+                return stop.is_set()
+            if self._connection is None:
+                return stop.wait(left)
+            try:
+                if self._deferred_since:
+                    self._send_acks()
+                self._connection.process_data_events(time_limit=min(left, _IDLE_SLICE))
+            except Exception as exc:
+                self.fail(exc)
+                self.connected = False
+        return True
+
+    def record(self, counts: Counts) -> None:
+        _MESSAGE_COUNTER.record(counts)
+
+    def probe(self) -> None:
+        ok = self._channel.queue_declare(self.queue, passive=True)
+        self._size.set(int(ok.method.message_count))
 
     def close(self) -> None:
-        self.consuming = False
         connection, channel, tag = self._connection, self._channel, self._tag
         self._connection = self._channel = self._tag = None
         if connection is None:
@@ -499,23 +463,6 @@ class _AmqpTransport:
                 connection.close()
         except Exception as exc:
             logger.debug("%s: closing the connection: %s", self.name, describe(exc))
-
-    # -- used by _ServicingStop --------------------------------------------------------------
-
-    def idle(self, seconds: float) -> bool:
-        """Do the connection's I/O for ``seconds``; False when there is no working connection
-        (the caller then just waits). A failure is kept for the next fetch or settle."""
-        if self._connection is None or self._failure is not None:
-            return False
-        try:
-            if self._deferred_since:
-                self._send_acks()
-            self._connection.process_data_events(time_limit=seconds)
-        except Exception as exc:
-            self._failure = exc
-            self.consuming = False
-            return False
-        return True
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -555,34 +502,12 @@ class _AmqpTransport:
         self._acked_tag = self._settled_tag
         self._deferred_since = 0.0
 
-    def _probe_queue(self) -> None:
-        self._next_stats = time.monotonic() + self.stats_interval
-        ok = self._channel.queue_declare(self.queue, passive=True)
-        self._size.set(int(ok.method.message_count))
-
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._buffer.append((method, properties, body))
 
     def _on_cancelled(self, frame: Any) -> None:
-        self.consuming = False
-        self._failure = ConnectionError(
+        self.connected = False
+        self.fail(ConnectionError(
             f"the broker cancelled the consumer of queue {self.queue!r} "
             "(queue deleted, or its node went down)"
-        )
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-
-    def _count(self, batch: Batch) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for message in batch:
-            state = message.state
-            if state is MessageState.PENDING:
-                continue
-            key = ("ACK" if state is _ACKED else "NACK",
-                   "false" if message.error is None else "true")
-            counts[key] = counts.get(key, 0) + 1
-        for key, n in counts.items():
-            self._counters[key].inc(n)
+        ))

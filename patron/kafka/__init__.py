@@ -1,22 +1,18 @@
-"""Kafka for patron: the consumer group component and the producer client (confluent-kafka).
+"""Kafka for patron, on confluent-kafka: a consumer group component and a publisher.
 
-``KafkaConsumer`` is a component built on :mod:`patron.messaging`, so it batches, retries,
-fails and traces like the AMQP and SQS consumers; ``KafkaProducer`` is a thread-safe client.
-Importing this package imports confluent-kafka (the ``patron[kafka]`` extra).
+:class:`KafkaConsumer` is a component built on the consumer loop every patron consumer shares
+(see :mod:`patron.messaging`); :class:`KafkaPublisher` publishes with correlation id and trace
+context. Importing this package imports confluent-kafka (the ``patron[kafka]`` extra).
 """
 
 from patron.kafka.consumer import KafkaConsumer, KafkaMessage
-from patron.kafka.producer import DeliveryReport, KafkaProducer, PublishError
-from patron.messaging import Batch, FailureStrategy, Message, Retry
+from patron.kafka.publisher import DeliveryCallback, DeliveryReport, KafkaPublisher, PublishError
 
 __all__ = [
-    "Batch",
+    "DeliveryCallback",
     "DeliveryReport",
-    "FailureStrategy",
     "KafkaConsumer",
     "KafkaMessage",
-    "KafkaProducer",
-    "Message",
+    "KafkaPublisher",
     "PublishError",
-    "Retry",
 ]

@@ -1,27 +1,31 @@
 """The Kafka consumer component: a consumer group member on confluent-kafka.
 
-It is a :class:`patron.messaging.ConsumerLoop` driven by a Kafka transport, so batching,
-retries, failure strategies, spans and correlation ids work as for every patron consumer.
+It runs the consumer loop every patron consumer shares (:mod:`patron.messaging`), so batching,
+retries, failure strategies, readiness, spans and correlation ids work as for all of them.
 
 Threads
-    Everything runs in the component's thread: ``consume()``, the processor, storing offsets,
-    and the rebalance callbacks (librdkafka calls them from inside ``consume()``), so a
-    rebalance never interrupts a processor and a batch is always settled before the next
-    fetch can move partitions away.
+    Everything of one group member runs in one thread (the component's; with ``concurrency=N``,
+    N members each in a thread of its own): ``consume()``, the processor, storing offsets, and
+    the rebalance callbacks (librdkafka calls them from inside ``consume()``), so a rebalance
+    never interrupts a processor and a batch is always settled before the next fetch can move
+    partitions away.
 
 Offsets (at-least-once)
     After the processor returned for a batch, the offsets of the messages it finished are
     *stored*, per partition only up to the first message that was not acknowledged; librdkafka
     commits stored offsets in the background every ``commit_interval`` seconds, when partitions
     are revoked in a rebalance, and when the consumer closes. Nothing else is ever committed.
-    The consumer thread never waits on a commit, so a broker that dies in the middle of one
-    cannot wedge it. With the ``exit`` strategy the failed message and what follows it in its
+    While consuming, the thread never waits on a commit, so a broker that dies in the middle
+    of one cannot wedge it. With the ``exit`` strategy the failed message and what follows it in its
     partition are not stored: a restart, or the member that takes the partition over, sees
     them again. On stop the batch in hand is finished and stored, then the consumer closes,
     which commits and leaves the group (a static member, see ``instance_id``, keeps its
     partitions until its session times out, so that a restart gets them back without a
-    rebalance). A process killed outright loses at most ``commit_interval`` of commits: those
-    messages are processed again.
+    rebalance). With ``concurrency`` above 1 the members leave together: each commits first
+    and waits (at most ``session_timeout``) until the others did, because the first member to
+    leave starts a rebalance during which a coordinator may refuse the others' commits
+    (librdkafka's mock cluster does). A process killed outright loses at most
+    ``commit_interval`` of commits: those messages are processed again.
 
 Session timeouts
     A member that dies without leaving (SIGKILL, a lost host) keeps its partitions until
@@ -33,9 +37,16 @@ Session timeouts
 
 Broker outages
     librdkafka reconnects by itself. When every broker stays down for ``connect_timeout``, the
-    component recreates the client under its retry policy (``retries``, ``retry_wait``) and
-    fails once those are used up, so a lasting outage ends the service instead of leaving it
-    up and useless.
+    component recreates the client under its ``connection_retry`` policy and fails once those
+    retries are used up, so a lasting outage ends the service instead of leaving it up and
+    useless.
+
+Metrics
+    ``component_kafka_message_status{status, group, topic}`` counts messages ``received``,
+    ``processed``, ``errored`` (the processor failed on them) and ``skipped`` (errored, then
+    acknowledged by the ``skip`` strategy); ``component_kafka_offset_diff{group, topic,
+    partition}`` is the lag of each assigned partition, updated every ``stats_interval``
+    seconds; ``component_kafka_consumer_errors{name}`` counts errors the client reported.
 """
 
 from __future__ import annotations
@@ -49,10 +60,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from patron import metrics
+from patron.kafka import _client
 from patron.messaging import (
     Batch,
     ConnectionRetry,
-    ConsumerLoop,
     FailureStrategy,
     Message,
     MessageState,
@@ -61,6 +72,9 @@ from patron.messaging import (
     Retry,
     dedupe_by_key,
 )
+from patron.messaging._consumer import Consumer as ConsumerComponent
+from patron.messaging._loop import Counts, Outcome, TransportBase
+from patron.messaging._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATS_INTERVAL
 
 __all__ = ["KafkaConsumer", "KafkaMessage"]
 
@@ -87,12 +101,20 @@ _CONSUMER_ERRORS = metrics.counter(
 _REASSIGNED_ERRORS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION,
                                 KafkaError._ASSIGNMENT_LOST})
 
+#: the statuses of component_kafka_message_status each counted outcome adds to
+_STATUSES = {
+    (Outcome.RECEIVED, False): ("received",),
+    (Outcome.ACKED, False): ("processed",),
+    (Outcome.ACKED, True): ("skipped", "errored"),
+    (Outcome.UNACKED, True): ("errored",),
+}
+
+#: librdkafka settings the at-least-once guarantee rests on; a user's config may not change them
+_AT_LEAST_ONCE_SETTINGS = frozenset({"enable.auto.commit", "enable.auto.offset.store",
+                                     "error_cb"})
+
 AssignCallback = Callable[[Any, list[TopicPartition]], None]
 
-#: Updating Prometheus (locks, watermark queries) for every batch of one would cost more than
-#: the batch: while messages keep coming, counts and lags are handed over this often (seconds),
-#: and at once when the consumer goes idle or closes.
-METRICS_INTERVAL = 0.5
 BROKER_PROBE_TIMEOUT = 1.0
 
 
@@ -138,29 +160,32 @@ class KafkaMessage(Message):
         return dict(self.raw.headers() or ())
 
 
-class KafkaConsumer:
+class KafkaConsumer(ConsumerComponent):
     """A component consuming ``topics`` as member of consumer group ``group``.
 
-    ``processor`` gets a :class:`patron.messaging.Batch` of up to ``batch_size`` messages,
-    waiting at most ``batch_timeout`` s for a batch to fill. ``failure`` is ``exit`` or
-    ``skip`` (Kafka cannot redeliver one message, so there is no ``nack``); ``processing_retry``
-    retries a failing batch before the strategy applies. ``retries`` / ``retry_wait`` are the
-    connection retries: the client is recreated after a failure (brokers unreachable, all
-    brokers down, a fatal client error) at most ``retries`` times in a row before the component
-    fails; ``connect_timeout`` bounds each attempt to reach the brokers.
+    The options every consumer shares (see :mod:`patron.messaging`): ``processor`` gets a
+    :class:`patron.messaging.Batch` of up to ``batch_size`` :class:`KafkaMessage` objects,
+    waiting at most ``batch_timeout`` s for a batch to fill; ``failure`` is ``exit`` or ``skip``
+    (Kafka cannot redeliver one message, so there is no ``nack``); ``processing_retry`` retries
+    a failing batch before the strategy applies; ``connection_retry`` recreates the client after
+    a failure (brokers unreachable, all brokers down for ``connect_timeout``, a fatal client
+    error); ``concurrency`` members of the group consume in as many threads; the partitions' lag
+    is read every ``stats_interval`` s; ``name`` (default ``kafka-<group>``) names the component.
 
-    ``check_topics`` fails the start with :class:`patron.messaging.PermanentError` when a topic
-    does not exist. ``dedupe`` hands the processor only the latest message of each key in a
-    batch (the others are acknowledged with it). ``on_assign(consumer, partitions)`` is called in
-    the component thread on each partition assignment (librdkafka's callback signature; it may
-    change the partitions' start offsets). ``instance_id`` turns on static membership
-    (``group.instance.id``). ``session_timeout`` and ``commit_interval`` are explained in the
-    module docstring. ``config`` adds or overrides librdkafka settings.
-
-    ``ready()`` is true once the group assigned this member its partitions (possibly none),
-    and false again while they are lost or the client is reconnecting. The processor gets
-    :class:`KafkaMessage` objects (with ``partition``, ``offset`` and ``raw``).
+    Kafka's own: ``check_topics`` fails the start with
+    :class:`patron.messaging.PermanentError` when a topic does not exist. ``dedupe`` hands the
+    processor only the latest message of each key in a batch (the others are acknowledged with
+    it). ``on_assign(consumer, partitions)`` is called in the member's thread on each partition
+    assignment (librdkafka's callback signature; it may change the partitions' start offsets).
+    ``instance_id`` turns on static membership (``group.instance.id``; with ``concurrency``
+    above 1, member ``i`` is ``<instance_id>-<i>``). ``session_timeout`` and
+    ``commit_interval`` are explained in the module docstring. ``config`` adds or overrides
+    librdkafka settings, except those at-least-once rests on (``enable.auto.commit``,
+    ``enable.auto.offset.store``, ``error_cb``): passing them is a ``ValueError``.
     """
+
+    #: every member reads the lag of its own partitions
+    _stats_per_loop = True
 
     def __init__(
         self,
@@ -173,9 +198,11 @@ class KafkaConsumer:
         batch_timeout: float = 0.1,
         failure: FailureStrategy | str = FailureStrategy.EXIT,
         processing_retry: Retry | None = None,
-        retries: int = 3,
-        retry_wait: float = 10.0,
-        connect_timeout: float = 10.0,
+        connection_retry: ConnectionRetry | None = None,
+        concurrency: int = 1,
+        stats_interval: float = DEFAULT_STATS_INTERVAL,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        name: str | None = None,
         check_topics: bool = True,
         dedupe: bool = False,
         on_assign: AssignCallback | None = None,
@@ -183,85 +210,124 @@ class KafkaConsumer:
         session_timeout: float = 10.0,
         commit_interval: float = 1.0,
         config: Mapping[str, Any] | None = None,
-        name: str | None = None,
     ) -> None:
-        brokers = brokers if isinstance(brokers, str) else ",".join(brokers)
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        if not brokers.strip():
-            raise ValueError("KafkaConsumer needs at least one broker")
+        self.brokers = _client.bootstrap(brokers, "KafkaConsumer")
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not group:
             raise ValueError("KafkaConsumer needs a consumer group")
-        if not topic_list or not all(topic_list):
+        if not self.topics or not all(self.topics):
             raise ValueError("KafkaConsumer needs at least one topic, and no empty name")
-        if session_timeout <= 0 or connect_timeout <= 0 or commit_interval <= 0:
-            raise ValueError("session_timeout, connect_timeout and commit_interval must be "
-                             "positive")
-        self.name = name or f"kafka-{group}"
+        if session_timeout <= 0 or commit_interval <= 0:
+            raise ValueError("session_timeout and commit_interval must be positive")
+        managed = sorted(_AT_LEAST_ONCE_SETTINGS & set(config or ()))
+        if managed:
+            raise ValueError(f"KafkaConsumer sets {', '.join(managed)} itself, so that nothing "
+                             "is committed before it was processed: leave them out of config")
         self.group = group
-        self.topics = topic_list
-        self._transport = _KafkaTransport(
-            name=self.name,
-            brokers=brokers,
-            group=group,
-            topics=topic_list,
-            check_topics=check_topics,
-            connect_timeout=connect_timeout,
-            on_assign=on_assign,
-            config=_client_config(brokers, group, instance_id, session_timeout, commit_interval,
-                                  config),
+        self._check_topics = check_topics
+        self._on_assign = on_assign
+        self._instance_id = instance_id
+        # Set before super().__init__(), which creates the transports that share it.
+        self._leaving = _Leaving(concurrency, session_timeout) if concurrency > 1 else None
+        session_ms = int(session_timeout * 1000)
+        self._config = _client.settings(
+            self.brokers, connect_timeout, config,
+            **{
+                "group.id": group,
+                # Background commits of the offsets settle() stores once messages were processed.
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": max(1, int(commit_interval * 1000)),
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",  # a new group starts at the beginning
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(100, session_ms // 3),
+            },
         )
-        self._loop = ConsumerLoop(
-            self._transport,
-            dedupe_by_key(processor) if dedupe else processor,
-            name=self.name,
+        super().__init__(
+            name=name or f"kafka-{group}",
+            processor=dedupe_by_key(processor) if dedupe else processor,
             batch_size=batch_size,
             batch_timeout=batch_timeout,
             failure=failure,
-            retry=processing_retry,
-            connection=ConnectionRetry(retries, retry_wait),
+            processing_retry=processing_retry,
+            connection_retry=connection_retry,
+            concurrency=concurrency,
+            stats_interval=stats_interval,
+            connect_timeout=connect_timeout,
             log=logger,
         )
 
+    def _transport(self, index: int) -> _KafkaTransport:
+        config = dict(self._config)
+        if self._instance_id:
+            config.setdefault(
+                "group.instance.id",
+                self._instance_id if self.concurrency == 1 else f"{self._instance_id}-{index}",
+            )
+        return _KafkaTransport(
+            name=self._loop_name(index),
+            brokers=self.brokers,
+            group=self.group,
+            topics=self.topics,
+            check_topics=self._check_topics,
+            connect_timeout=self.connect_timeout,
+            on_assign=self._on_assign,
+            config=config,
+            leaving=self._leaving,
+            index=index,
+        )
+
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; see the module docstring for what that involves."""
-        logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
-        self._loop.run(stop)
-        logger.info("%s: stopped", self.name)
+        if self._leaving is not None:
+            self._leaving.start(stop)
+        super().run(stop)
 
-    def ready(self) -> bool:
-        return self._transport.assigned
-
-
-def _client_config(
-    brokers: str,
-    group: str,
-    instance_id: str | None,
-    session_timeout: float,
-    commit_interval: float,
-    extra: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    session_ms = int(session_timeout * 1000)
-    config: dict[str, Any] = {
-        "bootstrap.servers": brokers,
-        "group.id": group,
-        # Background commits of the offsets settle() stores once messages were processed.
-        "enable.auto.commit": True,
-        "auto.commit.interval.ms": max(1, int(commit_interval * 1000)),
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",  # a new group starts at the beginning: nothing lost
-        "session.timeout.ms": session_ms,
-        "heartbeat.interval.ms": max(100, session_ms // 3),
-        "log.connection.close": False,
-        "logger": logging.getLogger("patron.kafka.client"),
-    }
-    if instance_id:
-        config["group.instance.id"] = instance_id
-    config.update(extra or {})
-    return config
+    def _describe(self) -> str:
+        return f"{','.join(self.topics)} as group {self.group}"
 
 
-class _KafkaTransport:
-    """The client side of :class:`KafkaConsumer`; every method runs in the component thread."""
+class _Leaving:
+    """Lets the members of one consumer (``concurrency`` above 1) leave the group together.
+
+    The first member to leave starts a rebalance, and until it completes a coordinator may
+    refuse the commits of the members still leaving (librdkafka's mock cluster refuses every
+    one), which would lose their last offsets on a clean stop. So on stop each member commits,
+    then waits until every member has (at most ``timeout`` s, for a member still finishing a
+    long batch), and only then leaves. Members call it from their own threads.
+    """
+
+    def __init__(self, members: int, timeout: float) -> None:
+        self._members = members
+        self._timeout = timeout
+        self._cond = threading.Condition()
+        self._stop: threading.Event | None = None
+        self._arrived: set[int] = set()
+
+    def start(self, stop: threading.Event) -> None:
+        """A run of the component begins; ``stop`` is its stop event."""
+        with self._cond:
+            self._stop = stop
+            self._arrived.clear()
+
+    def stopping(self) -> bool:
+        """Whether the component was asked to stop (not a reconnect, not a failing sibling)."""
+        stop = self._stop
+        return stop is not None and stop.is_set()
+
+    def arrive(self, index: int, wait: bool) -> bool:
+        """Member ``index`` committed (or has nothing to commit); with ``wait``, return once
+        every member has (True), or ``timeout`` passed (False). A member counts once per run."""
+        with self._cond:
+            self._arrived.add(index)
+            self._cond.notify_all()
+            if not wait:
+                return True
+            return self._cond.wait_for(lambda: len(self._arrived) >= self._members,
+                                       self._timeout)
+
+
+class _KafkaTransport(TransportBase):
+    """The client side of one group member; every method runs in its loop's thread."""
 
     supports_nack = False
 
@@ -276,8 +342,12 @@ class _KafkaTransport:
         connect_timeout: float,
         on_assign: AssignCallback | None,
         config: dict[str, Any],
+        leaving: _Leaving | None = None,
+        index: int = 0,
     ) -> None:
         self.name = name
+        self.leaving = leaving
+        self.index = index
         self.brokers = brokers
         self.group = group
         self.topics = topics
@@ -286,21 +356,18 @@ class _KafkaTransport:
         self.user_on_assign = on_assign
         self.config = dict(config, error_cb=self._on_error)
         self.consumer: Any = None
-        self.assigned = False  # read by ready() from other threads: a plain bool is enough
         self._partitions: set[tuple[str, int]] = set()
-        self._failure: BaseException | None = None
         self._down_since = 0.0  # when every broker went down (monotonic), 0 while one is up
+        self._assigned = False  # the group gave this member an assignment (maybe empty)
         self._status: dict[tuple[str, str], Any] = {}  # metric children, labelled once
         self._lag: dict[tuple[str, int], Any] = {}
-        self._lag_pending: dict[tuple[str, int], int] = {}  # next offset to process
-        self._counts: dict[tuple[str, str], int] = {}
-        self._metrics_due = 0.0
+        self._next_offsets: dict[tuple[str, int], int] = {}  # next offset to process
         self._errors = _CONSUMER_ERRORS.labels(name)
 
     # -- Transport ---------------------------------------------------------------------------
 
     def connect(self) -> None:
-        self._failure, self._down_since = None, 0.0
+        self._down_since, self._assigned = 0.0, False
         try:
             self.consumer = Consumer(self.config)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -310,7 +377,7 @@ class _KafkaTransport:
         except KafkaException as exc:
             raise ConnectionError(
                 f"cannot reach the Kafka brokers {self.brokers} within "
-                f"{self.connect_timeout:g}s: {_describe(exc)}"
+                f"{self.connect_timeout:g}s: {_client.describe(exc)}"
             ) from None
         if self.check_topics:
             missing = [
@@ -323,31 +390,28 @@ class _KafkaTransport:
                     "(create them, or pass check_topics=False to wait for them)"
                 )
         self.consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+            self.topics, on_assign=self._on_assigned, on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
 
-    def fetch(self, max_messages: int, timeout: float) -> Sequence[Message]:
+    def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
         raw = self.consumer.consume(max_messages, timeout)
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
         if not raw:
             if self._down_since and time.monotonic() - self._down_since >= self.connect_timeout:
                 # librdkafka reports brokers going down but not coming back: on an idle topic
                 # ask them before concluding the outage lasts.
                 if self._brokers_answer():
-                    self._down_since = 0.0
+                    self._brokers_back()
                     return ()
                 # librdkafka would keep trying forever: recreate the client under the
                 # component's retry policy instead, so that a lasting outage ends in an error.
                 raise ConnectionError(f"all Kafka brokers have been down for "
                                       f"{self.connect_timeout:g}s")
-            self._flush_metrics()  # idle: let the metrics catch up with the last batches
             return ()
-        self._down_since = 0.0
+        if self._down_since:
+            self._brokers_back()
         messages: list[Message] = []
-        topic, run = "", 0  # counted per run of one topic: a batch is mostly a single run
+        topic = ""  # one str object per run of a topic: the loop counts by source identity
         for item in raw:
             error = item.error()
             if error is not None:
@@ -355,13 +419,8 @@ class _KafkaTransport:
                 continue
             name = item.topic()
             if name != topic:
-                if run:
-                    self._count("received", topic, run)
-                topic, run = name, 0
+                topic = name
             messages.append(KafkaMessage(item, topic))
-            run += 1
-        if run:
-            self._count("received", topic, run)
         return messages
 
     def _brokers_answer(self) -> bool:
@@ -375,28 +434,14 @@ class _KafkaTransport:
         offsets: dict[tuple[str, int], int] = {}
         blocked: set[tuple[str, int]] = set()
         acked = MessageState.ACKED
-        topic, run = "", 0  # processed messages, counted per run of one topic
         for message in batch:  # one pass: this runs for every message consumed
             raw = message.raw
             partition = (message.source, raw.partition())
-            if message.state is acked:
+            if message._state is acked:
                 if partition not in blocked:
                     offsets[partition] = raw.offset() + 1
-                if message.error is None:
-                    if message.source != topic:
-                        if run:
-                            self._count("processed", topic, run)
-                        topic, run = message.source, 0
-                    run += 1
-                else:  # skipped: it failed as well
-                    self._count("skipped", message.source, 1)
-                    self._count("errored", message.source, 1)
             else:  # nothing behind an unfinished message may be committed
                 blocked.add(partition)
-                if message.error is not None:
-                    self._count("errored", message.source, 1)
-        if run:
-            self._count("processed", topic, run)
         # Only partitions still ours: a rebalance during the collection of this batch moved the
         # others, and their new owner starts from their last commit.
         store = [
@@ -404,103 +449,35 @@ class _KafkaTransport:
             for (topic, partition), offset in offsets.items()
             if (topic, partition) in self._partitions
         ]
-        if store:
-            try:
-                self.consumer.store_offsets(offsets=store)
-            except KafkaException as exc:
-                if exc.args[0].code() not in _REASSIGNED_ERRORS:
-                    raise
-                logger.warning("%s: offsets not stored, partitions were reassigned: %s",
-                               self.name, _describe(exc))
-            else:
-                for tp in store:
-                    self._lag_pending[(tp.topic, tp.partition)] = tp.offset
-        now = time.monotonic()
-        if now >= self._metrics_due:
-            self._metrics_due = now + METRICS_INTERVAL
-            self._flush_metrics()
-
-    def close(self) -> None:
-        try:
-            self._flush_metrics()
-        except Exception:  # metrics must not stand in the way of leaving the group
-            logger.debug("%s: metrics update failed", self.name, exc_info=True)
-        consumer, self.consumer = self.consumer, None
-        self.assigned = False
-        self._partitions.clear()
-        if consumer is None:
+        if not store:
             return
         try:
-            consumer.close()  # leaves the group (a static member stays until its session ends)
-        except Exception:
-            logger.warning("%s: closing the Kafka client failed", self.name, exc_info=True)
+            self.consumer.store_offsets(offsets=store)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _REASSIGNED_ERRORS:
+                raise
+            logger.warning("%s: offsets not stored, partitions were reassigned: %s",
+                           self.name, _client.describe(exc))
+        else:
+            for tp in store:
+                self._next_offsets[(tp.topic, tp.partition)] = tp.offset
 
-    # -- callbacks (component thread, from inside consume()) ---------------------------------
+    def record(self, counts: Counts) -> None:
+        for (topic, outcome, failed), n in counts.items():
+            for status in _STATUSES.get((outcome, failed), ()):
+                child = self._status.get((status, topic))
+                if child is None:
+                    child = self._status[(status, topic)] = _MESSAGE_STATUS.labels(
+                        status, self.group, topic
+                    )
+                child.inc(n)
 
-    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # |=: with the cooperative protocol an assignment only adds partitions.
-        self._partitions |= {(p.topic, p.partition) for p in partitions}
-        logger.info("%s: assigned %s", self.name, _names(partitions))
-        if self.user_on_assign is not None:
-            try:
-                self.user_on_assign(consumer, partitions)
-            except Exception as exc:
-                self._failure = PermanentError(f"{self.name}: the on_assign callback failed: "
-                                               f"{exc!r}")
-                self._failure.__cause__ = exc
-        self.assigned = True
-
-    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Every processed batch was settled (offsets stored) before this consume() call, and
-        # librdkafka commits the stored offsets of revoked partitions itself.
-        self._partitions -= {(p.topic, p.partition) for p in partitions}
-        logger.info("%s: revoked %s", self.name, _names(partitions))
-
-    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._partitions -= {(p.topic, p.partition) for p in partitions}
-        self.assigned = False
-        logger.warning("%s: lost %s (session timed out?)", self.name, _names(partitions))
-
-    def _on_error(self, error: KafkaError) -> None:
-        self._errors.inc()
-        if error.fatal():
-            self._failure = KafkaException(error)
-        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
-            # Often transient (a restart, idle connections closed together): give librdkafka
-            # connect_timeout to get a broker back before counting it as a failure.
-            self._down_since = self._down_since or time.monotonic()
-            logger.warning("%s: all Kafka brokers are down: %s", self.name, error.str())
-        else:  # librdkafka logs the details itself (logger patron.kafka.client)
-            logger.debug("%s: Kafka client error: %s", self.name, error.str())
-
-    def _on_message_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        self._errors.inc()
-        if error.fatal():
-            raise KafkaException(error)
-        logger.warning("%s: consumer error: %s", self.name, error.str())
-
-    # -- metrics -----------------------------------------------------------------------------
-
-    def _count(self, status: str, topic: str, n: int) -> None:
-        key = (status, topic)
-        self._counts[key] = self._counts.get(key, 0) + n
-
-    def _flush_metrics(self) -> None:
-        """Hand the counts and lags gathered since the last call to Prometheus."""
-        counts, self._counts = self._counts, {}
-        for (status, topic), n in counts.items():
-            child = self._status.get((status, topic))
-            if child is None:
-                child = self._status[(status, topic)] = _MESSAGE_STATUS.labels(
-                    status, self.group, topic
-                )
-            child.inc(n)
-        if not self._lag_pending or self.consumer is None:
-            return
-        pending, self._lag_pending = self._lag_pending, {}
-        for (topic, partition), offset in pending.items():
+    def probe(self) -> None:
+        """The lag of every partition this member processed, from librdkafka's cached high
+        watermarks (no broker call)."""
+        for (topic, partition), offset in list(self._next_offsets.items()):
+            if (topic, partition) not in self._partitions:
+                continue
             try:
                 _low, high = self.consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), cached=True
@@ -516,11 +493,93 @@ class _KafkaTransport:
                 )
             gauge.set(max(0, high - offset))
 
+    def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.probe()
+            except Exception:  # metrics must not stand in the way of leaving the group
+                logger.debug("%s: lag update failed", self.name, exc_info=True)
+        consumer, self.consumer = self.consumer, None
+        self._partitions.clear()
+        self._next_offsets.clear()
+        leaving = self.leaving if self.leaving is not None and self.leaving.stopping() else None
+        if consumer is None:
+            if leaving is not None:  # closed already (a retry pause): nothing to commit
+                leaving.arrive(self.index, wait=False)
+            return
+        if leaving is not None:
+            self._commit_stored(consumer)
+            if not leaving.arrive(self.index, wait=True):
+                logger.warning("%s: leaving the group before every member committed", self.name)
+        try:
+            consumer.close()  # leaves the group (a static member stays until its session ends)
+        except Exception:
+            logger.warning("%s: closing the Kafka client failed", self.name, exc_info=True)
+
+    def _commit_stored(self, consumer: Any) -> None:
+        """Commit the stored offsets now, while still a member (see :class:`_Leaving`)."""
+        if self._down_since:  # no broker to commit to: close() tries once more anyway
+            return
+        try:
+            consumer.commit(asynchronous=False)  # the stored offsets, as close() would
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: all committed
+                logger.warning("%s: commit before leaving the group failed: %s", self.name,
+                               _client.describe(exc))
+
+    # -- callbacks (the member's thread, from inside consume()) ------------------------------
+
+    def _on_assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # |=: with the cooperative protocol an assignment only adds partitions.
+        self._partitions |= {(p.topic, p.partition) for p in partitions}
+        logger.info("%s: assigned %s", self.name, _names(partitions))
+        if self.user_on_assign is not None:
+            try:
+                self.user_on_assign(consumer, partitions)
+            except Exception as exc:
+                failure = PermanentError(f"{self.name}: the on_assign callback failed: {exc!r}")
+                failure.__cause__ = exc
+                self.fail(failure)
+                return
+        self._assigned = True
+        self.connected = not self._down_since
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Every processed batch was settled (offsets stored) before this consume() call, and
+        # librdkafka commits the stored offsets of revoked partitions itself.
+        self._partitions -= {(p.topic, p.partition) for p in partitions}
+        logger.info("%s: revoked %s", self.name, _names(partitions))
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._partitions -= {(p.topic, p.partition) for p in partitions}
+        self._assigned = self.connected = False
+        logger.warning("%s: lost %s (session timed out?)", self.name, _names(partitions))
+
+    def _on_error(self, error: KafkaError) -> None:
+        self._errors.inc()
+        if error.fatal():
+            self.fail(KafkaException(error))
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            # Often transient (a restart, idle connections closed together): give librdkafka
+            # connect_timeout to get a broker back before counting it as a failure.
+            self._down_since = self._down_since or time.monotonic()
+            self.connected = False
+            logger.warning("%s: all Kafka brokers are down: %s", self.name, error.str())
+        else:  # librdkafka logs the details itself (logger patron.kafka.client)
+            logger.debug("%s: Kafka client error: %s", self.name, error.str())
+
+    def _brokers_back(self) -> None:
+        self._down_since = 0.0
+        self.connected = self._assigned
+
+    def _on_message_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        self._errors.inc()
+        if error.fatal():
+            raise KafkaException(error)
+        logger.warning("%s: consumer error: %s", self.name, error.str())
+
 
 def _names(partitions: Iterable[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "no partitions"
-
-
-def _describe(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)

@@ -1,25 +1,19 @@
-"""AWS SQS for patron: a consumer component and a publisher client, on boto3.
+"""AWS SQS for patron, on boto3: a consumer component and a publisher.
 
-:class:`SQSConsumer` is a component (receive, process, delete; see :mod:`patron.sqs.consumer`
-for threads, acknowledgement and stop); :class:`SQSPublisher` sends messages with the
-correlation id and trace context in message attributes (:mod:`patron.sqs.publisher`).
-Installed with the ``sqs`` extra (``pip install patron[sqs]``).
+:class:`SQSConsumer` is a component built on the consumer loop every patron consumer shares
+(see :mod:`patron.messaging`); :class:`SQSPublisher` publishes with the correlation id and
+trace context in message attributes. Importing this package imports boto3 (the
+``patron[sqs]`` extra).
 """
 
-from patron.messaging import Batch, FailureStrategy, Message, Retry, per_message
 from patron.sqs.consumer import SQSConsumer, SQSMessage
 from patron.sqs.publisher import MAX_ATTRIBUTES, Outgoing, PublishError, SQSPublisher
 
 __all__ = [
     "MAX_ATTRIBUTES",
-    "Batch",
-    "FailureStrategy",
-    "Message",
     "Outgoing",
     "PublishError",
-    "Retry",
     "SQSConsumer",
     "SQSMessage",
     "SQSPublisher",
-    "per_message",
 ]

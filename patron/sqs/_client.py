@@ -14,10 +14,14 @@ from patron.messaging import PermanentError
 __all__ = [
     "AUTH_CODES",
     "MISSING_CODES",
+    "TRANSIENT_CODES",
+    "check_client_options",
     "describe",
     "error_code",
     "is_auth_error",
     "is_missing_queue",
+    "is_sender_fault",
+    "is_transient",
     "is_url",
     "make_client",
     "permanent_or_same",
@@ -38,6 +42,13 @@ AUTH_CODES = frozenset({
 # moto answers some errors of the JSON protocol with an XML body: dig the code and text out.
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
+def check_client_options(client: Any, session: Any, endpoint_url: str | None,
+                         region: str | None) -> None:
+    """``ValueError`` when a client is given together with what would make one."""
+    if client is not None and (session is not None or endpoint_url or region):
+        raise ValueError("pass either client, or session / endpoint_url / region")
 
 
 def make_client(
@@ -124,6 +135,35 @@ def is_auth_error(exc: BaseException) -> bool:
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return error_code(exc) in AUTH_CODES or status == 403
+
+
+#: error codes of a request the service could not serve now, which may work when tried again
+TRANSIENT_CODES = frozenset({
+    "InternalError", "InternalFailure", "RequestThrottled", "RequestThrottledException",
+    "ServiceUnavailable", "Throttling", "ThrottlingException",
+})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth trying again soon: the endpoint could not be reached (a read that timed
+    out is not: it used up its time), throttling, or a server error."""
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+        return False
+    if isinstance(exc, (botocore.exceptions.ConnectionError,
+                        botocore.exceptions.ConnectionClosedError)):
+        return True
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return error_code(exc) in TRANSIENT_CODES or int(status) >= 500
+
+
+def is_sender_fault(exc: BaseException) -> bool:
+    """Whether the service blamed the request itself (a 4xx): sending it again cannot help."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return 400 <= int(status) < 500
 
 
 def resolve_queue_url(client: Any, queue: str, owner_account: str | None) -> str:

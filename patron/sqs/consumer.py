@@ -1,26 +1,28 @@
 """The SQS consumer component: receive, process, delete, on boto3.
 
-It is a :class:`patron.messaging.ConsumerLoop` driven by an SQS transport, so batching, retries,
-failure strategies, spans and correlation ids work as for every patron consumer.
+It runs the consumer loop every patron consumer shares (:mod:`patron.messaging`), so batching,
+retries, failure strategies, readiness, spans and correlation ids work as for all of them.
 
 Threads
-    With one poller (the default) everything runs in the component's thread: the receive, the
-    processor, the deletes and the visibility changes. With ``pollers=N`` the component thread
-    starts N poller threads (``patron-<name>-poller-<i>``), each running a loop of its own with
-    a transport of its own on one shared boto3 client (clients are thread-safe; the session is
-    used once, in the component thread, to make it). Each poller calls the processor from its
-    own thread, so **with N pollers the processor is called concurrently from N threads** and
-    must be thread-safe. The component thread waits; when one poller fails, the others are
-    stopped, all are joined, and the component raises the first error.
+    With ``concurrency=1`` (the default) everything runs in the component's thread: the
+    receive, the processor, the deletes and the visibility changes. With ``concurrency=N``, N
+    pollers run in threads of their own (``patron-<name>-<i>``), each with a transport of its
+    own on one shared boto3 client (clients are thread-safe; the session is used once, in the
+    component thread, to make it), and each calls the processor from its own thread, so the
+    processor must then be thread-safe.
 
 Receiving
-    Each receive asks for up to ``max_messages`` (1 to 10) messages, long-polling up to
-    ``wait_time`` seconds (0 to 20; ``None``: the queue's ``ReceiveMessageWaitTimeSeconds``), with
-    every message attribute and system attribute. Messages received beyond the current batch
-    wait in the transport and are handed out first; their visibility timeout runs from the
-    receive, so choose ``visibility_timeout`` (``None``: the queue's) longer than
-    ``max_messages`` times the processing time of one message. A stop request is noticed
-    between receives, so stopping can take up to ``wait_time`` seconds.
+    A receive that waits for the first message of a batch asks for up to ``max_messages`` (1 to
+    10) messages, long-polling up to ``wait_time`` seconds (0 to 20; ``None``: the queue's
+    ``ReceiveMessageWaitTimeSeconds``), with every message attribute and system attribute;
+    with ``wait_time`` 0 an empty receive is followed by a short rest, so an idle queue is not
+    polled in a hot loop. The receives that top a batch up wait what is left of
+    ``batch_timeout`` in whole seconds, as SQS counts them: a batch may wait up to a second past
+    it to fill. Messages received beyond the current batch wait in the transport and
+    are handed out first; their visibility timeout runs from the receive, so choose
+    ``visibility_timeout`` (``None``: the queue's) longer than ``max_messages`` times the
+    processing time of one message. A stop request is noticed between receives, so stopping
+    can take up to ``wait_time`` seconds.
 
 Acknowledgement (at-least-once)
     A message is deleted only after the processor returned for it (or the ``skip`` strategy
@@ -44,25 +46,22 @@ Stop
     consumer gets it without waiting for its timeout. Processed messages whose delete could not
     be confirmed by then are logged: they will be delivered again.
 
-Readiness
-    ``ready()`` is true once the queue was resolved and while the last receive succeeded (of
-    every poller).
-
 Metrics
     ``component_sqs_message_counter{queue, state, hasError}`` counts messages ``FETCHED``
-    (received), ``ACK`` (deleted) and ``NACK`` (given back); ``hasError`` is true when the
-    processor failed on it (``skip`` or ``nack`` strategy) or the delete / visibility change
-    failed. ``component_sqs_message_age{queue}`` is the age in seconds, from ``SentTimestamp``
-    (milliseconds), of the oldest message of the latest receive. ``component_sqs_queue_size
-    {queue, state}`` holds the approximate numbers of ``available``, ``delayed`` and
-    ``invisible`` messages, read with ``GetQueueAttributes`` every ``stats_interval`` seconds
-    (the first time one interval after the start) from the (first) poller's thread.
+    (received), ``ACK`` (to be deleted) and ``NACK`` (given back); ``hasError`` is true when the
+    processor failed on it (``skip`` or ``nack`` strategy). ``component_sqs_message_age{queue}``
+    is the age in seconds, from ``SentTimestamp`` (milliseconds), of the oldest message of the
+    latest receive. ``component_sqs_queue_size{queue, state}`` holds the approximate numbers of
+    ``available``, ``delayed`` and ``invisible`` messages, read with ``GetQueueAttributes``
+    every ``stats_interval`` seconds (the first time one interval after the start) by the first
+    poller.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -74,7 +73,6 @@ from patron import metrics
 from patron.messaging import (
     Batch,
     ConnectionRetry,
-    ConsumerLoop,
     FailureStrategy,
     Message,
     MessageState,
@@ -82,17 +80,17 @@ from patron.messaging import (
     Processor,
     Retry,
 )
+from patron.messaging._consumer import Consumer
+from patron.messaging._counter import StateCounter
+from patron.messaging._loop import Counts, TransportBase
+from patron.messaging._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATS_INTERVAL
 from patron.sqs import _client
 
 __all__ = ["SQSConsumer", "SQSMessage"]
 
 logger = logging.getLogger("patron.sqs")
 
-_MESSAGE_COUNTER = metrics.counter(
-    "component_sqs_message_counter",
-    "SQS messages by state (FETCHED, ACK, NACK) and whether an error came with them",
-    ["queue", "state", "hasError"],
-)
+_MESSAGE_COUNTER = StateCounter("sqs")
 _MESSAGE_AGE = metrics.gauge(
     "component_sqs_message_age",
     "Age in seconds of the oldest message of the latest receive, from its SentTimestamp",
@@ -104,10 +102,7 @@ _QUEUE_SIZE = metrics.gauge(
     ["queue", "state"],
 )
 
-#: what the loop asks of a fetch that starts a batch: SQS's longest wait; fetch() waits the
-#: configured wait_time within it
-_POLL_TIMEOUT = 20.0
-#: pause after an empty short poll (wait_time 0), so an idle queue is not polled in a hot loop
+#: rest after an empty short poll (wait_time 0), so an idle queue is not polled in a hot loop
 _SHORT_POLL_PAUSE = 0.5
 #: a processed message waits at most this long (in seconds) for its batched delete
 _DELETE_LINGER = 1.0
@@ -187,29 +182,29 @@ def _number(text: str) -> int | float | str:
         return text
 
 
-class SQSConsumer:
+class SQSConsumer(Consumer):
     """A component consuming SQS queue ``queue`` (a name, resolved at start, or a queue URL).
 
-    ``processor`` gets a :class:`patron.messaging.Batch` of up to ``batch_size``
-    :class:`SQSMessage` objects, waiting at most ``batch_timeout`` s for a batch to fill.
-    ``failure`` is ``exit``, ``skip`` or ``nack``; ``processing_retry`` retries a failing batch
-    before the strategy applies. ``retries`` / ``retry_wait`` are the receive retries: after a
-    failed call (receive, delete) what was received and not processed is given back and
-    receiving starts again ``retry_wait`` s later, at most ``retries`` times in a row, before
-    the component fails with :class:`patron.messaging.TransportError`. A queue that does not
-    exist (at the start or later), credentials refused before the first receive, no region or
-    a malformed endpoint fail the component at once with
-    :class:`patron.messaging.PermanentError`.
+    The options every consumer shares (see :mod:`patron.messaging`): ``processor`` gets a
+    :class:`patron.messaging.Batch` of up to ``batch_size`` :class:`SQSMessage` objects,
+    waiting at most ``batch_timeout`` s for a batch to fill; ``failure`` is ``exit``, ``skip``
+    or ``nack``; ``processing_retry`` retries a failing batch before the strategy applies;
+    ``connection_retry`` starts receiving again after a failed call (receive, delete), once
+    what was received and not processed was given back; ``concurrency`` pollers receive in as
+    many threads; the queue's statistics are read every ``stats_interval`` s; ``name``
+    (default ``sqs-<queue name>``) names the component. A queue that does not exist (at the
+    start or later), credentials refused before the first receive, no region or a malformed
+    endpoint fail the component at once with :class:`patron.messaging.PermanentError`.
 
     The client: ``client`` (a boto3 SQS client, used as is), else one made from ``session``
     (a ``boto3.session.Session``) or from a new session, which reads the usual AWS
     configuration (``AWS_*`` variables, profiles, instance roles), with ``endpoint_url`` and
-    ``region`` when given. A client made here does not retry by itself (the receive retries
-    above are the one retry policy) and gives up connecting after 5 s. ``owner_account``
-    names the account owning a queue given by name.
+    ``region`` when given. A client made here does not retry by itself (``connection_retry``
+    is the one retry policy) and gives up connecting after ``connect_timeout``.
+    ``owner_account`` names the account owning a queue given by name.
 
-    See the module docstring for threads (``pollers``), receiving, acknowledgement, stop,
-    readiness and metrics.
+    SQS's own: ``max_messages`` per receive (1 to 10), ``wait_time`` (long polling, 0 to 20 s),
+    ``visibility_timeout`` and ``nack_delay``; see the module docstring.
     """
 
     def __init__(
@@ -217,6 +212,15 @@ class SQSConsumer:
         queue: str,
         processor: Processor,
         *,
+        batch_size: int = 1,
+        batch_timeout: float = 0.1,
+        failure: FailureStrategy | str = FailureStrategy.EXIT,
+        processing_retry: Retry | None = None,
+        connection_retry: ConnectionRetry | None = None,
+        concurrency: int = 1,
+        stats_interval: float = DEFAULT_STATS_INTERVAL,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        name: str | None = None,
         client: Any = None,
         session: Any = None,
         endpoint_url: str | None = None,
@@ -225,21 +229,11 @@ class SQSConsumer:
         max_messages: int = 3,
         wait_time: int | None = None,
         visibility_timeout: int | None = None,
-        batch_size: int = 1,
-        batch_timeout: float = 0.1,
-        failure: FailureStrategy | str = FailureStrategy.EXIT,
-        processing_retry: Retry | None = None,
         nack_delay: int = 0,
-        retries: int = 10,
-        retry_wait: float = 1.0,
-        pollers: int = 1,
-        stats_interval: float = 10.0,
-        name: str | None = None,
     ) -> None:
         if not queue:
             raise ValueError("SQSConsumer needs a queue name or URL")
-        if client is not None and (session is not None or endpoint_url or region):
-            raise ValueError("pass either client, or session / endpoint_url / region")
+        _client.check_client_options(client, session, endpoint_url, region)
         if not 1 <= max_messages <= 10:
             raise ValueError(f"max_messages must be 1 to 10 (SQS's limit), not {max_messages}")
         if wait_time is not None and not 0 <= wait_time <= 20:
@@ -248,127 +242,76 @@ class SQSConsumer:
             raise ValueError(f"visibility_timeout must be 0 to 43200 s, not {visibility_timeout}")
         if not 0 <= nack_delay <= 43200:
             raise ValueError(f"nack_delay must be 0 to 43200 s, not {nack_delay}")
-        if pollers < 1:
-            raise ValueError(f"pollers must be at least 1, not {pollers}")
-        if stats_interval < 0:
-            raise ValueError("stats_interval must be >= 0 (0 turns the queue statistics off)")
         self.queue = queue
         self.queue_name = _client.queue_name(queue)
-        self.name = name or f"sqs-{self.queue_name}"
         self._client = client
         self._session = session
         self._endpoint_url = endpoint_url
         self._region = region
-        self._transports = [
-            _SQSTransport(
-                name=self.name if pollers == 1 else f"{self.name}-poller-{i}",
-                queue=queue,
-                queue_name=self.queue_name,
-                owner_account=owner_account,
-                max_messages=max_messages,
-                wait_time=wait_time,
-                visibility_timeout=visibility_timeout,
-                nack_delay=nack_delay,
-                stats_interval=stats_interval if i == 0 else 0.0,
-            )
-            for i in range(pollers)
-        ]
-        self._loops = [
-            ConsumerLoop(
-                transport,
-                processor,
-                name=transport.name,
-                batch_size=batch_size,
-                batch_timeout=batch_timeout,
-                poll_timeout=_POLL_TIMEOUT,
-                failure=failure,
-                retry=processing_retry,
-                connection=ConnectionRetry(retries, retry_wait),
-                log=logger,
-            )
-            for transport in self._transports
-        ]
+        self._receiving = dict(owner_account=owner_account, max_messages=max_messages,
+                               wait_time=wait_time, visibility_timeout=visibility_timeout,
+                               nack_delay=nack_delay)
+        self._transports: list[_SQSTransport] = []
+        super().__init__(
+            name=name or f"sqs-{self.queue_name}",
+            processor=processor,
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            failure=failure,
+            processing_retry=processing_retry,
+            connection_retry=connection_retry,
+            concurrency=concurrency,
+            stats_interval=stats_interval,
+            connect_timeout=connect_timeout,
+            log=logger,
+        )
+
+    def _transport(self, index: int) -> _SQSTransport:
+        transport = _SQSTransport(
+            name=self._loop_name(index),
+            queue=self.queue,
+            queue_name=self.queue_name,
+            **self._receiving,  # type: ignore[arg-type]
+        )
+        self._transports.append(transport)
+        return transport
+
+    def _describe(self) -> str:
+        return f"SQS queue {self.queue}"
 
     @property
     def queue_url(self) -> str | None:
         """The queue's URL once resolved (after the start), else None."""
         return self._transports[0].url
 
-    def ready(self) -> bool:
-        return all(transport.ready for transport in self._transports)
-
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; see the module docstring for what that involves."""
+        """Make the client, then consume until ``stop`` is set (see the module docstring)."""
         try:
             client = _client.make_client(
                 client=self._client, session=self._session, endpoint_url=self._endpoint_url,
                 region=self._region, owner=self.name,
                 # Receives long-poll at most 20 s: a read taking 30 s means a dead connection.
-                config=BotoConfig(connect_timeout=5, read_timeout=30,
+                config=BotoConfig(connect_timeout=self.connect_timeout, read_timeout=30,
                                   retries={"mode": "standard", "total_max_attempts": 1}),
             )
         except ValueError as exc:
             raise PermanentError(str(exc)) from None
         for transport in self._transports:
             transport.client = client
-        logger.info("%s: consuming SQS queue %s with %d poller(s)", self.name, self.queue,
-                    len(self._loops))
         try:
-            if len(self._loops) == 1:
-                self._transports[0].stop = stop
-                self._loops[0].run(stop)
-            else:
-                self._run_pollers(stop)
+            super().run(stop)
         finally:
             for transport in self._transports:
                 transport.report_undeleted()
-        logger.info("%s: stopped", self.name)
-
-    def _run_pollers(self, stop: threading.Event) -> None:
-        inner = threading.Event()  # stops every poller: set on stop, or when one of them ends
-        ended = threading.Event()
-        errors: list[BaseException] = []
-
-        def poll(loop: ConsumerLoop) -> None:
-            try:
-                loop.run(inner)
-            except BaseException as exc:  # handed to the component thread, which raises it
-                errors.append(exc)
-            finally:
-                ended.set()
-                inner.set()
-
-        threads = []
-        for transport, loop in zip(self._transports, self._loops, strict=True):
-            transport.stop = inner
-            thread = threading.Thread(target=poll, args=(loop,), name=f"patron-{loop.name}",
-                                      daemon=True)  # joined below
-            threads.append(thread)
-            thread.start()
-        try:
-            while not ended.is_set() and not stop.wait(0.1):
-                pass
-        finally:
-            inner.set()
-            for thread in threads:
-                thread.join()
-        for other in errors[1:]:  # the first is raised, with the component's usual log line
-            logger.error("%s: another poller failed too: %r", self.name, other)
-        if errors:
-            raise errors[0]
-        if not stop.is_set():
-            raise RuntimeError(f"{self.name}: a poller ended before the component was stopped")
 
 
-class _SQSTransport:
-    """The client side of :class:`SQSConsumer`; every method runs in its poller's thread.
+class _SQSTransport(TransportBase):
+    """The client side of one poller; every method runs in its loop's thread.
 
     ``held`` maps the receipt handle of every message received and not yet settled (waiting in
     ``buffer`` or handed to the loop) to the message; ``to_delete`` holds the processed ones
     whose delete is not confirmed yet.
     """
-
-    supports_nack = True
 
     def __init__(
         self,
@@ -381,7 +324,6 @@ class _SQSTransport:
         wait_time: int | None,
         visibility_timeout: int | None,
         nack_delay: int,
-        stats_interval: float,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -391,60 +333,49 @@ class _SQSTransport:
         self.wait_time = wait_time
         self.visibility_timeout = visibility_timeout
         self.nack_delay = nack_delay
-        self.stats_interval = stats_interval
         self.client: Any = None
-        self.stop = threading.Event()  # the loop's stop event, for pausing between short polls
         self.url: str | None = None
-        self.ready = False  # read by ready() from other threads: a plain bool is enough
-        self._received_once = False  # refused credentials are permanent until then
+        self._answered_once = False  # refused credentials are permanent until then
         self._wait = 0
         self.buffer: collections.deque[SQSMessage] = collections.deque()
         self.held: dict[str, SQSMessage] = {}
         self.to_delete: dict[str, SQSMessage] = {}
         self._delete_since = 0.0
-        self._next_stats = 0.0
-        self._counters: dict[tuple[str, bool], Any] = {}
         self._age = _MESSAGE_AGE.labels(queue_name)
 
     # -- Transport ---------------------------------------------------------------------------
 
     def connect(self) -> None:
-        self.ready = False
+        """Resolve the queue and read its poll wait: the queue answering is the connection
+        (so readiness does not wait for the first long poll to end)."""
         try:
             if self.url is None:
                 self.url = _client.resolve_queue_url(self.client, self.queue, self.owner_account)
-            if self.wait_time is None:  # the queue's default, read on each (re)connect
-                attributes = self.client.get_queue_attributes(
-                    QueueUrl=self.url, AttributeNames=["ReceiveMessageWaitTimeSeconds"],
-                ).get("Attributes", {})
-                self._wait = int(attributes.get("ReceiveMessageWaitTimeSeconds", 0))
-            else:
-                self._wait = self.wait_time
+            attributes = self.client.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=["ReceiveMessageWaitTimeSeconds"],
+            ).get("Attributes", {})
         except Exception as exc:
             raise self._classify(exc) from exc
+        self._wait = (int(attributes.get("ReceiveMessageWaitTimeSeconds", 0))
+                      if self.wait_time is None else self.wait_time)
+        self.idle_pause = _SHORT_POLL_PAUSE if self._wait == 0 else 0.0
+        self.connected = self._answered_once = True
 
     def _classify(self, exc: Exception) -> Exception:
         """A missing queue, or credentials refused before anything was received, as
         :class:`PermanentError`; anything else as it is (a connection failure, retried)."""
         if _client.is_missing_queue(exc) or (
-            not self._received_once and _client.is_auth_error(exc)
+            not self._answered_once and _client.is_auth_error(exc)
         ):
             return _client.permanent_or_same(exc, self.queue, self.name)
         return exc
 
-    def fetch(self, max_messages: int, timeout: float) -> Sequence[Message]:
+    def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
+        """A batch's first receive long-polls ``wait_time``; the ones that top a batch up wait
+        what is left of ``timeout``, in whole seconds as SQS counts them (rounded up)."""
         buffer = self.buffer
         if not buffer:
-            first = timeout >= _POLL_TIMEOUT  # starts a batch, rather than topping one up
-            if first and self.stats_interval:
-                now = time.monotonic()
-                if not self._next_stats:  # the first reading comes one interval after the start
-                    self._next_stats = now + self.stats_interval
-                elif now >= self._next_stats:
-                    self._update_stats()
-            wait = min(self._wait, int(timeout))
-            if not self._receive(wait) and wait == 0 and first:
-                self.stop.wait(_SHORT_POLL_PAUSE)
+            self._receive(self._wait if starts_batch else min(self._wait, math.ceil(timeout)))
         if len(buffer) <= max_messages:
             out = list(buffer)
             buffer.clear()
@@ -456,7 +387,7 @@ class _SQSTransport:
         nacks: list[SQSMessage] = []
         for message in batch:
             assert isinstance(message, SQSMessage)
-            state = message.state
+            state = message._state
             if state is MessageState.ACKED:
                 held.pop(message.receipt_handle, None)
                 if not to_delete:
@@ -464,15 +395,11 @@ class _SQSTransport:
                 to_delete[message.receipt_handle] = message
             elif state is MessageState.NACKED:
                 held.pop(message.receipt_handle, None)
-                if message.requeue:
+                if message._requeue:  # else left invisible until its visibility timeout ends
                     nacks.append(message)
-                else:  # left invisible until its visibility timeout runs out
-                    self._count("NACK", message.error is not None)
             # PENDING: the loop is about to fail; close() gives it back with the rest
         if nacks:
-            failed = self._change_visibility(nacks, self.nack_delay, "nack")
-            for message in nacks:
-                self._count("NACK", message.error is not None or message in failed)
+            self._change_visibility(nacks, self.nack_delay, "nack")
         if to_delete and (
             len(to_delete) >= _BATCH_MAX
             or not self.buffer
@@ -480,8 +407,23 @@ class _SQSTransport:
         ):
             self._flush_deletes()
 
+    def record(self, counts: Counts) -> None:
+        _MESSAGE_COUNTER.record(counts)
+
+    def probe(self) -> None:
+        try:
+            attributes = self.client.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=list(_STATS_ATTRIBUTES),
+            ).get("Attributes", {})
+        except Exception as exc:  # statistics never stop the consumer; the receive will tell
+            logger.warning("%s: reading the queue statistics failed: %s", self.name,
+                           _client.describe(exc))
+            return
+        for attribute, state in _STATS_ATTRIBUTES.items():
+            if attribute in attributes:
+                _QUEUE_SIZE.labels(self.queue_name, state).set(int(attributes[attribute]))
+
     def close(self) -> None:
-        self.ready = False
         try:
             if self.client is None or self.url is None:
                 self.held.clear()
@@ -506,7 +448,7 @@ class _SQSTransport:
 
     # -- helpers (poller thread) -------------------------------------------------------------
 
-    def _receive(self, wait: int) -> int:
+    def _receive(self, wait: int) -> None:
         kwargs: dict[str, Any] = {
             "QueueUrl": self.url,
             "MaxNumberOfMessages": self.max_messages,
@@ -519,15 +461,15 @@ class _SQSTransport:
         try:
             response = self.client.receive_message(**kwargs)
         except Exception as exc:
-            self.ready = False
+            self.connected = False
             error = self._classify(exc)
             if error is exc:
                 raise
             raise error from exc
-        self.ready = self._received_once = True
+        self.connected = self._answered_once = True
         items = response.get("Messages")
         if not items:
-            return 0
+            return
         oldest: int | None = None
         queue, held, buffer = self.queue_name, self.held, self.buffer
         for item in items:
@@ -537,10 +479,8 @@ class _SQSTransport:
             sent = (item.get("Attributes") or _NO_ATTRIBUTES).get("SentTimestamp")
             if sent and (oldest is None or int(sent) < oldest):
                 oldest = int(sent)
-        self._count("FETCHED", False, len(items))
         if oldest is not None:  # SQS sends milliseconds
             self._age.set(max(0.0, time.time() - oldest / 1000))
-        return len(items)
 
     def _flush_deletes(self) -> None:
         """Delete what waits in ``to_delete``; raises when a delete call fails as a whole (the
@@ -554,19 +494,12 @@ class _SQSTransport:
                 Entries=[{"Id": str(i), "ReceiptHandle": handle}
                          for i, (handle, _message) in enumerate(chunk)],
             )
-            clean = failed = 0  # counted once per call: the counters take a lock
             for entry in response.get("Successful", ()):
-                handle, message = chunk[int(entry["Id"])]
-                del to_delete[handle]
-                if message.error is None:
-                    clean += 1
-                else:
-                    failed += 1
+                del to_delete[chunk[int(entry["Id"])][0]]
             for entry in response.get("Failed", ()):
                 handle, message = chunk[int(entry["Id"])]
                 if entry.get("SenderFault"):  # this receipt handle will never work
                     del to_delete[handle]
-                    failed += 1
                     logger.error(
                         "%s: could not delete processed message %s (%s: %s); it will be "
                         "delivered again", self.name, message.message_id, entry.get("Code"),
@@ -577,10 +510,6 @@ class _SQSTransport:
                         "%s: deleting message %s failed (%s: %s); will try again",
                         self.name, message.message_id, entry.get("Code"), entry.get("Message"),
                     )
-            if clean:
-                self._count("ACK", False, clean)
-            if failed:
-                self._count("ACK", True, failed)
         self._delete_since = time.monotonic()
 
     def _change_visibility(
@@ -610,28 +539,6 @@ class _SQSTransport:
                                "visibility timeout runs out", self.name, why,
                                message.message_id, entry.get("Code"), entry.get("Message"))
         return failed
-
-    def _update_stats(self) -> None:
-        self._next_stats = time.monotonic() + self.stats_interval
-        try:
-            attributes = self.client.get_queue_attributes(
-                QueueUrl=self.url, AttributeNames=list(_STATS_ATTRIBUTES),
-            ).get("Attributes", {})
-        except Exception as exc:  # statistics never stop the consumer; the receive will tell
-            logger.warning("%s: reading the queue statistics failed: %s", self.name,
-                           _client.describe(exc))
-            return
-        for attribute, state in _STATS_ATTRIBUTES.items():
-            if attribute in attributes:
-                _QUEUE_SIZE.labels(self.queue_name, state).set(int(attributes[attribute]))
-
-    def _count(self, state: str, has_error: bool, n: int = 1) -> None:
-        child = self._counters.get((state, has_error))
-        if child is None:
-            child = self._counters[(state, has_error)] = _MESSAGE_COUNTER.labels(
-                self.queue_name, state, "true" if has_error else "false"
-            )
-        child.inc(n)
 
     def report_undeleted(self) -> None:
         """After the loop ended: log processed messages whose delete never got through."""

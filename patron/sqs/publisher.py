@@ -1,14 +1,21 @@
-"""The SQS publisher client: send and send-batch with correlation id and trace context.
+"""The SQS publisher: publish and publish-batch with correlation id and trace context.
 
 Threads
     An :class:`SQSPublisher` may be shared by every thread of a service: boto3 clients are
     thread-safe, and the queue URL is resolved once, under a lock, on first use.
 
+Timeouts and retries
+    A publish gives up at ``publish_timeout``: no call starts after it, a call that fails for a
+    passing reason (the endpoint unreachable, throttling, a server error) is tried again after
+    a short, growing pause only while the deadline allows, and no single call reads for longer
+    than ``publish_timeout`` (so an endpoint that hangs on the last try can make a publish take
+    up to about twice that). ``connect_timeout`` bounds opening a connection.
+
 Context propagation
-    Each send runs in a span ``"{queue} send"`` (kind producer, child of the active span) and
-    adds two kinds of message attributes beside the caller's: ``X-Correlation-Id`` (the current
-    correlation id, or a new one) and the trace context (``uber-trace-id``, plus ``uberctx-*``
-    for baggage). They are added within SQS's limits, the caller's attributes first:
+    Each publish runs in a span ``"{queue} publish"`` (kind producer, child of the active span)
+    and adds two kinds of message attributes beside the caller's headers: ``X-Correlation-Id``
+    (the current correlation id, or a new one) and the trace context (``uber-trace-id``, plus
+    ``uberctx-*`` for baggage). They are added within SQS's limits, the caller's first:
 
     * at most 10 attributes per message: with 9 of the caller's only the correlation id is
       added, with 10 nothing (the consumer then starts a new trace with a new correlation id);
@@ -19,11 +26,11 @@ Context propagation
     Either way the publisher logs one warning the first time it leaves something out.
 
 Errors
-    ``send`` raises botocore's exceptions as they come (a missing queue, refused credentials,
-    a message too big for the queue...), after boto3's own retries. ``send_batch`` raises
-    :class:`PublishError` naming each entry SQS refused, together with the ids of those it
-    accepted, so nothing is lost silently. Bad arguments raise ``ValueError`` / ``TypeError``
-    before anything is sent.
+    Every failure raises :class:`PublishError`: a missing queue, refused credentials, a
+    message too big for the queue, an unreachable endpoint, the deadline.
+    :meth:`SQSPublisher.publish_batch` names each entry SQS did not accept, together with the
+    ids of those it accepted. Bad arguments raise ``ValueError`` / ``TypeError`` before
+    anything is sent.
 
 Metrics
     ``client_sqs_publish_duration_seconds{queue, success}``: one observation per API call.
@@ -35,14 +42,17 @@ import dataclasses
 import decimal
 import logging
 import math
+import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from botocore.config import Config as BotoConfig
 
-from patron import correlation, messaging, metrics, tracing
+from patron import messaging, metrics
+from patron.messaging._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT
+from patron.messaging._publisher import Publisher
 from patron.sqs import _client
 
 __all__ = ["MAX_ATTRIBUTES", "Outgoing", "PublishError", "SQSPublisher"]
@@ -61,73 +71,77 @@ MAX_ATTRIBUTES = 10
 #: push a message that fits it over it
 CLASSIC_MAX_SIZE = 256 * 1024
 _BATCH_MAX = 10
+_RETRY_PAUSE = 0.05  # seconds before the first retry of a transient failure, doubling after
 
 AttributeValue = str | bytes | bytearray | int | float | decimal.Decimal | Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Outgoing:
-    """One message for :meth:`SQSPublisher.send_batch`: its body (text, or UTF-8 bytes),
-    attributes (see :meth:`SQSPublisher.send`), per-message ``delay`` (seconds, 0 to 900) and the
-    FIFO ``group_id`` / ``deduplication_id``."""
+    """One message for :meth:`SQSPublisher.publish_batch`: its body (text, or UTF-8 bytes),
+    headers (message attributes, see :meth:`SQSPublisher.publish`), per-message ``delay``
+    (seconds, 0 to 900) and the FIFO ``group_id`` / ``deduplication_id``."""
 
     body: str | bytes
-    attributes: Mapping[str, AttributeValue] | None = None
+    headers: Mapping[str, AttributeValue] | None = None
     delay: int | None = None
     group_id: str | None = None
     deduplication_id: str | None = None
 
 
 class PublishError(messaging.PublishError):
-    """SQS refused some entries of a batch.
+    """SQS did not accept a message (or some messages of a batch).
 
-    ``failures`` lists ``(index, code, message, sender_fault)`` for each refused entry (index
-    into the messages given to ``send_batch``); ``message_ids`` holds the id of every entry
-    SQS accepted, None for the refused ones.
+    ``failures`` lists ``(index, code, message, sender_fault)`` for each entry not accepted
+    (index into the messages given to :meth:`SQSPublisher.publish_batch`; 0 for
+    :meth:`SQSPublisher.publish`); ``message_ids`` holds the id of every entry SQS accepted,
+    None for the others.
     """
 
-    def __init__(self, queue: str, failures: list[tuple[int, str, str, bool]],
-                 message_ids: list[str | None]) -> None:
-        self.failures = failures
-        self.message_ids = message_ids
-        first = failures[0]
-        super().__init__(
-            f"SQS refused {len(failures)} of {len(message_ids)} message(s) for {queue}; first: "
-            f"#{first[0]} {first[1]}: {first[2]}"
-        )
+    def __init__(self, text: str, failures: Sequence[tuple[int, str, str, bool]] = (),
+                 message_ids: Sequence[str | None] = ()) -> None:
+        super().__init__(text)
+        self.failures = list(failures)
+        self.message_ids = list(message_ids)
 
 
-class SQSPublisher:
-    """Sends messages to SQS queue ``queue`` (a name, or a queue URL).
+class SQSPublisher(Publisher):
+    """Publishes messages to SQS queue ``queue`` (a name, or a queue URL).
 
     The client: ``client`` (a boto3 SQS client, used as is), else one made from ``session``
     or from a new boto3 session (the usual AWS configuration), with ``endpoint_url`` and
-    ``region`` when given, and boto3's standard retries (3 attempts). ``owner_account`` names
-    the account owning a queue given by name. See the module docstring for threads, context
-    propagation, errors and metrics.
+    ``region`` when given. ``owner_account`` names the account owning a queue given by name.
+    See the module docstring for threads, timeouts, context propagation, errors and metrics.
     """
+
+    transport = "sqs"
 
     def __init__(
         self,
         queue: str,
         *,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         client: Any = None,
         session: Any = None,
         endpoint_url: str | None = None,
         region: str | None = None,
         owner_account: str | None = None,
     ) -> None:
+        super().__init__(publish_timeout=publish_timeout, connect_timeout=connect_timeout)
         if not queue:
             raise ValueError("SQSPublisher needs a queue name or URL")
-        if client is not None and (session is not None or endpoint_url or region):
-            raise ValueError("pass either client, or session / endpoint_url / region")
+        _client.check_client_options(client, session, endpoint_url, region)
         self.queue = queue
         self.queue_name = _client.queue_name(queue)
         self.owner_account = owner_account
+        self._own_client = client is None
         self.client = _client.make_client(
             client=client, session=session, endpoint_url=endpoint_url, region=region,
-            config=BotoConfig(connect_timeout=5, read_timeout=30,
-                              retries={"mode": "standard", "total_max_attempts": 3}),
+            # publish() retries within its deadline itself: botocore's retries would not
+            config=BotoConfig(connect_timeout=min(connect_timeout, publish_timeout),
+                              read_timeout=publish_timeout,
+                              retries={"mode": "standard", "total_max_attempts": 1}),
             owner=f"SQS publisher for {self.queue_name}",
         )
         self._url: str | None = queue if _client.is_url(queue) else None
@@ -140,87 +154,84 @@ class SQSPublisher:
 
     @property
     def queue_url(self) -> str:
-        """The queue's URL, resolved with ``GetQueueUrl`` on first use (botocore's errors
-        propagate, a missing queue included)."""
-        url = self._url
-        if url is None:
-            with self._lock:
-                if self._url is None:
-                    started = time.perf_counter()
-                    try:
-                        self._url = _client.resolve_queue_url(self.client, self.queue,
-                                                              self.owner_account)
-                    except Exception:
-                        self._durations[False].observe(time.perf_counter() - started)
-                        raise
-                url = self._url
-        return url
+        """The queue's URL, resolved with ``GetQueueUrl`` on first use; raises
+        :class:`PublishError` when that fails (a missing queue included)."""
+        return self._queue_url(self._deadline())
 
-    def send(
+    def _queue_url(self, deadline: float) -> str:
+        url = self._url
+        if url is not None:
+            return url
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise PublishError(f"SQS publish to {self.queue_name} timed out resolving the "
+                               "queue URL")
+        try:
+            if self._url is None:
+                kwargs: dict[str, Any] = {"QueueName": self.queue}
+                if self.owner_account:
+                    kwargs["QueueOwnerAWSAccountId"] = self.owner_account
+                self._url = str(self._call("get_queue_url", deadline, kwargs)["QueueUrl"])
+            return self._url
+        finally:
+            self._lock.release()
+
+    def publish(
         self,
         body: str | bytes,
         *,
-        attributes: Mapping[str, AttributeValue] | None = None,
+        headers: Mapping[str, AttributeValue] | None = None,
         delay: int | None = None,
         group_id: str | None = None,
         deduplication_id: str | None = None,
     ) -> str:
         """Send one message; returns its message id.
 
-        ``attributes`` maps names to values: ``str`` (``String``), ``bytes`` (``Binary``),
+        ``headers`` become message attributes: ``str`` (``String``), ``bytes`` (``Binary``),
         ``int`` / ``float`` / ``Decimal`` (``Number``), or a dict in SQS's own form
         (``{"DataType": "Number.float", "StringValue": "1.5"}``) for custom data types.
+        ``delay`` (0 to 900 s) postpones delivery; ``group_id`` and ``deduplication_id`` are for
+        FIFO queues.
         """
-        entry = _entry(Outgoing(body, attributes, delay, group_id, deduplication_id))
-        url = self.queue_url
-        with tracing.start_span(f"{self.queue_name} send", kind=tracing.tags.SPAN_KIND_PRODUCER,
-                                component="sqs"):
+        entry = _entry(Outgoing(body, headers, delay, group_id, deduplication_id))
+        deadline = self._deadline()
+        url = self._queue_url(deadline)
+        with self._span(self.queue_name):
             self._inject(entry)
-            started = time.perf_counter()
-            ok = False
-            try:
-                response = self.client.send_message(QueueUrl=url, **entry)
-                ok = True
-            finally:
-                self._durations[ok].observe(time.perf_counter() - started)
+            response = self._call("send_message", deadline, dict(entry, QueueUrl=url))
         return str(response["MessageId"])
 
-    def send_batch(self, messages: Iterable[str | bytes | Outgoing]) -> list[str]:
+    def publish_batch(self, messages: Iterable[str | bytes | Outgoing]) -> list[str]:
         """Send messages with ``SendMessageBatch`` (10 per call, and at most 256 KiB per call);
-        returns their message ids in order. Raises :class:`PublishError` when SQS refused
-        some (after sending all the others)."""
+        returns their message ids in order. Raises :class:`PublishError` naming every message
+        SQS did not accept (after sending all the others it could) and the ids of those it
+        accepted, so nothing is lost silently."""
         entries = [
             _entry(m if isinstance(m, Outgoing) else Outgoing(m)) for m in messages
         ]
         if not entries:
             return []
-        url = self.queue_url
+        deadline = self._deadline()
+        url = self._queue_url(deadline)
         ids: list[str | None] = [None] * len(entries)
         failures: list[tuple[int, str, str, bool]] = []
-        with tracing.start_span(f"{self.queue_name} send", kind=tracing.tags.SPAN_KIND_PRODUCER,
-                                component="sqs"):
+        with self._span(self.queue_name):
             for entry in entries:
                 self._inject(entry)
             chunks = list(_chunks(entries))
             for n, chunk in enumerate(chunks):
-                started = time.perf_counter()
-                ok = False
                 try:
-                    response = self.client.send_message_batch(
-                        QueueUrl=url,
-                        Entries=[dict(entries[i], Id=str(i)) for i in chunk],
-                    )
-                    ok = not response.get("Failed")
-                except Exception as exc:
-                    if n == 0:
-                        raise  # nothing was sent: the error as it came
-                    # Some went already: say which did and which did not.
-                    reason = _client.describe(exc)
-                    failures.extend((i, type(exc).__name__, reason, False)
+                    response = self._call("send_message_batch", deadline, {
+                        "QueueUrl": url,
+                        "Entries": [dict(entries[i], Id=str(i)) for i in chunk],
+                    })
+                except PublishError as exc:
+                    # Say which went and which did not.
+                    failures.extend((i, "NotSent", str(exc), False)
                                     for rest in chunks[n:] for i in rest)
-                    raise PublishError(self.queue_name, failures, ids) from exc
-                finally:
-                    self._durations[ok].observe(time.perf_counter() - started)
+                    raise PublishError(
+                        f"SQS publish to {self.queue_name}: {len(failures)} of {len(entries)} "
+                        f"message(s) not sent: {exc}", failures, ids,
+                    ) from exc
                 for item in response.get("Successful", ()):
                     ids[int(item["Id"])] = str(item["MessageId"])
                 for item in response.get("Failed", ()):
@@ -229,20 +240,55 @@ class SQSPublisher:
                                      bool(item.get("SenderFault"))))
         if failures:
             failures.sort()
-            raise PublishError(self.queue_name, failures, ids)
+            first = failures[0]
+            raise PublishError(
+                f"SQS refused {len(failures)} of {len(entries)} message(s) for "
+                f"{self.queue_name}; first: #{first[0]} {first[1]}: {first[2]}", failures, ids,
+            )
         return [i for i in ids if i is not None]
+
+    def close(self) -> None:
+        """Close the client's connections when the publisher made the client. Never raises."""
+        if self._own_client:
+            try:
+                self.client.close()
+            except Exception:
+                logger.debug("SQS publisher for %s: closing the client", self.queue_name,
+                             exc_info=True)
+
+    def _call(self, operation: str, deadline: float, kwargs: Mapping[str, Any]) -> Any:
+        """Call ``operation``; a transient failure (connection refused, throttling, a server
+        error) is tried again after a short, growing pause while the deadline allows. Any
+        failure left raises :class:`PublishError`."""
+        attempt = 0
+        while True:
+            if time.monotonic() >= deadline:
+                raise PublishError(f"SQS {operation} to {self.queue_name} timed out after "
+                                   f"{self.publish_timeout:g}s")
+            started = time.perf_counter()
+            try:
+                response = getattr(self.client, operation)(**kwargs)
+            except Exception as exc:
+                self._durations[False].observe(time.perf_counter() - started)
+                pause = _RETRY_PAUSE * 2 ** attempt * (0.5 + random.random() / 2)
+                if _client.is_transient(exc) and time.monotonic() + pause < deadline:
+                    attempt += 1
+                    time.sleep(pause)
+                    continue
+                code = _client.error_code(exc) or type(exc).__name__
+                raise PublishError(
+                    f"SQS {operation} to {self.queue_name} failed: {_client.describe(exc)}",
+                    [(0, code, _client.describe(exc), _client.is_sender_fault(exc))],
+                ) from exc
+            self._durations[True].observe(time.perf_counter() - started)
+            return response
 
     def _inject(self, entry: dict[str, Any]) -> None:
         """Add the correlation id and the active span's context within SQS's limits."""
         attributes: dict[str, dict[str, Any]] = entry.setdefault("MessageAttributes", {})
-        carrier = {correlation.HEADER: correlation.outgoing()}
-        tracing.inject(carrier)
-        taken = {name.lower() for name in attributes}
         size = _size(entry["MessageBody"], attributes)
         left_out: list[str] = []
-        for name, value in carrier.items():
-            if name.lower() in taken:
-                continue
+        for name, value in self._context(attributes).items():
             extra = len(name.encode()) + len("String") + len(value.encode())
             if len(attributes) >= MAX_ATTRIBUTES or size <= CLASSIC_MAX_SIZE < size + extra:
                 left_out.append(name)
@@ -274,9 +320,9 @@ def _entry(message: Outgoing) -> dict[str, Any]:
     if not body:
         raise ValueError("SQS does not accept an empty message body")
     entry: dict[str, Any] = {"MessageBody": body}
-    if message.attributes:
+    if message.headers:
         entry["MessageAttributes"] = {
-            name: _attribute(name, value) for name, value in message.attributes.items()
+            name: _attribute(name, value) for name, value in message.headers.items()
         }
     if message.delay is not None:  # SQS itself refuses a delay outside 0 to 900 s
         entry["DelaySeconds"] = int(message.delay)

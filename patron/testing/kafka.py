@@ -12,7 +12,8 @@ in the process that created it:
 
 As a pytest plugin (``pytest_plugins = ["patron.testing.kafka"]``) this module offers the
 session fixture ``kafka_brokers``: the bootstrap address of ``PATRON_TEST_KAFKA_BROKERS`` when
-that is set (a real broker), else of a mock cluster started for the session.
+that is set (a real broker), else of a mock cluster started for the session in a helper
+process. When neither can be had the tests are skipped, or fail when ``CI`` is set.
 
 Run as a program it prints the bootstrap address on one line of stdout and keeps the cluster up
 until stdin closes, or SIGTERM / SIGINT arrives::
@@ -32,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from patron.testing._process import run_until_told
+from patron.testing._pytest import unavailable
 
 __all__ = ["ENV_BROKERS", "MockCluster", "MockClusterProcess", "kafka_brokers", "main"]
 
@@ -162,12 +164,22 @@ if pytest is not None:
 
     @pytest.fixture(scope="session")
     def kafka_brokers() -> Iterator[str]:
-        """Bootstrap address of ``PATRON_TEST_KAFKA_BROKERS`` or of a session mock cluster."""
+        """Bootstrap address of ``PATRON_TEST_KAFKA_BROKERS`` or of a mock cluster started in a
+        helper process for the session (so that a test may kill a process under test and the
+        broker lives on). Skips when neither can be had, or fails when ``CI`` is set."""
+        try:
+            from confluent_kafka import Producer
+        except ImportError as exc:
+            unavailable(f"confluent-kafka is not installed: {exc}")
         real = os.environ.get(ENV_BROKERS, "").strip()
         if real:
+            try:
+                Producer({"bootstrap.servers": real}).list_topics(timeout=10)
+            except Exception as exc:
+                unavailable(f"{ENV_BROKERS}={real} is unreachable: {exc}")
             yield real
             return
-        with MockCluster() as cluster:
+        with MockClusterProcess() as cluster:
             yield cluster.bootstrap
 
 

@@ -76,11 +76,17 @@ class MotoServer:
     to end (a long poll may take up to its wait time). Both run in the calling thread; the
     server itself runs in threads of its own (daemon threads of werkzeug's server, ended by
     ``stop``). Usable as a context manager.
+
+    ``serial`` makes it handle one request at a time. moto's SQS is not thread-safe: two
+    receives at once can hand out the same message, two deletes at once can undo one another,
+    so a test that counts deliveries exactly with several consumers or pollers needs it. A long
+    poll then holds every other client for its wait: keep ``wait_time`` short with it.
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, serial: bool = False) -> None:
         self.host = host
         self.port = port
+        self.serial = serial
         self._moto: Any = None
         self._inner: Any = None
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -115,6 +121,8 @@ class MotoServer:
         # log quiet and records connections so stop() can cut them.
         inner: Any = moto._server
         inner.RequestHandlerClass = _handler_class(inner.RequestHandlerClass, self)
+        if self.serial:
+            inner.app = _one_at_a_time(inner.app)
         self._moto, self._inner = moto, inner
         self.port = port
         return self
@@ -197,6 +205,23 @@ def _handler_class(base: type[Any], server: MotoServer) -> type[Any]:
             pass  # one line per request drowns the test output
 
     return Handler
+
+
+def _one_at_a_time(app: Any) -> Any:
+    """``app`` (WSGI) serving one request at a time, each response produced under the lock."""
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            response = app(environ, start_response)
+            try:
+                return list(response)
+            finally:
+                close = getattr(response, "close", None)
+                if close is not None:
+                    close()
+
+    return serve
 
 
 def _free_port(host: str) -> int:

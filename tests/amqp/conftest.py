@@ -1,8 +1,10 @@
 """RabbitMQ fixtures: the broker at 127.0.0.1:5672 (or ``PATRON_TEST_AMQP_URL``), unique names.
 
-Every queue and exchange a test uses gets a unique name from :class:`Broker` and is deleted
-after the test. When the broker is unreachable the tests skip with the reason, unless the
-environment variable ``CI`` is set: then they fail.
+Every queue, exchange and virtual host a test uses gets a unique name from :class:`Broker` and
+is deleted after the test; its fault injections (closing connections, a memory alarm, deleting
+a virtual host) touch only what the test made, or are undone before it ends. When the broker is
+unreachable the tests skip with the reason, unless the environment variable ``CI`` is set: then
+they fail. Processors, Services and metrics come from :mod:`tests.support`.
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ import re
 import shutil
 import subprocess
 import threading
+import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pika
 import pytest
 from pika import exceptions as pika_errors
 
-from patron import Config, Service
-from patron.messaging import Batch
+from tests.conftest import wait_for
 
 AMQP_URL = os.environ.get("PATRON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-#: Service settings for in-process tests: no drain delay, a bounded shutdown.
-FAST = Config(shutdown_timeout=15.0, drain_delay=0.0)
-
+#: The broker's relative memory high watermark, restored after a memory-alarm test. A constant,
+#: not read back from the broker: a concurrent run of the same test would read the alarm's 0.
+MEMORY_WATERMARK = os.environ.get("PATRON_TEST_AMQP_WATERMARK", "0.4")
+_MEMORY_ALARM_ON = (
+    "lists:any(fun({{resource_limit, memory, _}, _}) -> true; (_) -> false end, "
+    "rabbit_alarm:get_alarms())."
+)
 
 
 def _unreachable() -> str | None:
@@ -64,6 +70,7 @@ class Broker:
         self.prefix = f"patron-test-{uuid.uuid4().hex[:10]}"
         self._queues: list[str] = []
         self._exchanges: list[str] = []
+        self._vhosts: list[str] = []
         params = pika.URLParameters(url)
         params.client_properties = {"connection_name": f"{self.prefix}-helper"}
         self._connection = pika.BlockingConnection(params)
@@ -186,6 +193,40 @@ class Broker:
             assert closer.returncode == 0, err
         return len(pids)
 
+    @contextlib.contextmanager
+    def memory_alarm(self) -> Iterator[None]:
+        """Raise a memory alarm for the block (``set_vm_memory_high_watermark 0``): the broker
+        blocks every connection that publishes. Whatever happens, the watermark is set back to
+        :data:`MEMORY_WATERMARK` and the block ends only once the alarm cleared. Other tests'
+        publishers stall meanwhile: keep the block short."""
+        try:
+            _rabbitmqctl("set_vm_memory_high_watermark", "0")
+            wait_for(lambda: _rabbitmqctl("-q", "eval", _MEMORY_ALARM_ON).strip() == "true",
+                     timeout=30, interval=0.1)
+            yield
+        finally:
+            _rabbitmqctl("set_vm_memory_high_watermark", MEMORY_WATERMARK)
+            wait_for(lambda: _rabbitmqctl("-q", "eval", _MEMORY_ALARM_ON).strip() == "false",
+                     timeout=30, interval=0.1)
+
+    def vhost(self) -> str:
+        """A new virtual host that guest may use, deleted after the test; see :meth:`url_of`."""
+        name = f"{self.prefix}-vhost-{uuid.uuid4().hex[:6]}"
+        self._vhosts.append(name)
+        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return name
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete virtual host ``name``: the broker closes its connections and refuses new
+        ones."""
+        _rabbitmqctl("delete_vhost", name)
+
+    def url_of(self, vhost: str) -> str:
+        """The broker's URL with virtual host ``vhost``."""
+        parts = urllib.parse.urlsplit(self.url)
+        return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(vhost, "")))
+
     # -- cleanup -----------------------------------------------------------------------------
 
     def cleanup(self) -> None:
@@ -197,6 +238,9 @@ class Broker:
                 self.channel.exchange_delete(exchange)
         with contextlib.suppress(pika_errors.AMQPError):
             self._connection.close()
+        for vhost in self._vhosts:  # maybe deleted by the test already
+            subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True,
+                           timeout=60, check=False)
 
 
 def _rabbitmqctl(*args: str) -> str:
@@ -213,56 +257,6 @@ def broker(amqp_url: str) -> Iterator[Broker]:
         yield helper
     finally:
         helper.cleanup()
-
-
-class Recorder:
-    """A processor that records what it got; tests wait on it instead of sleeping.
-
-    ``hook(batch)`` runs first for each call and may raise (a failing processor) or block.
-    """
-
-    def __init__(self, hook: Callable[[Batch], None] | None = None) -> None:
-        self.hook = hook
-        self.batches: list[list[bytes]] = []
-        self.correlation_ids: list[str] = []
-        self.messages: list[Any] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, batch: Batch) -> None:
-        from patron import correlation
-
-        if self.hook is not None:
-            self.hook(batch)
-        with self._cond:
-            self.batches.append([m.body for m in batch])
-            self.messages.extend(batch)
-            self.correlation_ids.append(correlation.current() or "")
-            self._cond.notify_all()
-
-    @property
-    def bodies(self) -> list[bytes]:
-        with self._cond:
-            return [body for batch in self.batches for body in batch]
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[bytes]:
-        """The bodies processed, once there are at least ``count``; fails at ``timeout``."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: sum(map(len, self.batches)) >= count, timeout):
-                got = sum(map(len, self.batches))
-                raise AssertionError(f"{got} of {count} messages processed within {timeout}s")
-            return [body for batch in self.batches for body in batch]
-
-
-@contextlib.contextmanager
-def running(*components: Any, config: Config = FAST) -> Iterator[Service]:
-    """An in-process Service (no default HTTP) running ``components``; stopped at the end."""
-    service = Service("amqp-test", "1", components=components, config=config,
-                      default_http=False).start()
-    try:
-        yield service
-    finally:
-        service.stop()
-        assert service.wait(30) is not None, "the service did not stop"
 
 
 class Watched:

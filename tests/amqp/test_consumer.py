@@ -10,24 +10,25 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pika
-import prometheus_client
 import pytest
 
 from patron import EXIT_FAILURE, EXIT_OK, Service, correlation
-from patron.amqp import AMQPConsumer, AMQPPublisher, Delivery, QueueDeclaration
-from patron.messaging import Batch, Message, Retry
-from tests.amqp.conftest import FAST, Broker, Recorder, Watched, running
+from patron.amqp import AMQPConsumer, AMQPMessage, AMQPPublisher, QueueDeclaration
+from patron.messaging import Batch, ConnectionRetry, Retry, TransportError
+from tests.amqp.conftest import Broker, Watched
 from tests.conftest import free_port, wait_for
+from tests.support.components import FAST, Recorder, Runner, running
 from tests.support.jaeger import SpanCapture
+from tests.support.metrics import await_sample, sample
 
 pytestmark = pytest.mark.amqp
 
-
-def _sample(name: str, **labels: str) -> float:
-    value = prometheus_client.REGISTRY.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+_COUNTER = "component_amqp_message_counter_total"
+_CONNECTED = "component_consumer_connected"
 
 
 def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -45,7 +46,8 @@ def test_processes_and_acks_each_message_with_the_correlation_id_of_its_headers(
     broker.publish(queue, [b"two"], headers={"x-correlation-id": "corr-2"})  # any case
     broker.publish(queue, [b"three"])  # none: a new one
     recorder = Recorder()
-    consumer = AMQPConsumer(amqp_url, queue, recorder, retry_wait=0.1)
+    consumer = AMQPConsumer(amqp_url, queue, recorder,
+                            connection_retry=ConnectionRetry(wait=0.1, jitter=0))
     assert not consumer.ready()
     with running(consumer):
         assert recorder.wait_for(3) == [b"one", b"two", b"three"]
@@ -54,8 +56,9 @@ def test_processes_and_acks_each_message_with_the_correlation_id_of_its_headers(
     assert recorder.correlation_ids[:2] == ["corr-1", "corr-2"]
     assert uuid.UUID(recorder.correlation_ids[2]).version == 4
     message = recorder.messages[0]
-    assert isinstance(message.raw, Delivery) and message.raw.delivery_tag == 1
-    assert message.source == queue and not message.raw.redelivered
+    assert isinstance(message, AMQPMessage) and message.delivery_tag == 1
+    assert isinstance(message.raw, pika.spec.Basic.Deliver) and message.raw.delivery_tag == 1
+    assert message.source == queue and not message.redelivered
     # Stopping gives back whatever is not acked: an empty queue means all three were acked.
     assert broker.ready(queue) == 0
 
@@ -173,6 +176,29 @@ def test_without_ack_delay_each_ack_is_sent_before_the_next_message_is_processed
             release.set()
 
 
+def test_concurrency_two_connections_share_the_queue_each_message_processed_once(
+    broker: Broker, amqp_url: str
+) -> None:
+    queue = broker.queue()
+    recorder = Recorder()
+    consumer = AMQPConsumer(amqp_url, queue, recorder, concurrency=2)
+    expected = [f"m{i:02d}".encode() for i in range(40)]
+    with running(consumer):
+        wait_for(consumer.ready, timeout=10)  # both connections subscribed
+        assert broker.consumers(queue) == 2
+        await_sample(_CONNECTED, 2, name=consumer.name)
+        # Published once both are subscribed: the broker hands them out to both in turn.
+        broker.publish(queue, expected)
+        recorder.wait_for(len(expected))
+        assert consumer.ready()
+    assert sorted(recorder.bodies) == expected  # each one exactly once
+    assert recorder.threads == {f"patron-{consumer.name}-0", f"patron-{consumer.name}-1"}
+    assert not any(m.redelivered for m in recorder.messages if isinstance(m, AMQPMessage))
+    assert broker.ready(queue) == 0 and broker.consumers(queue) == 0
+    assert not consumer.ready()
+    assert sample(_CONNECTED, name=consumer.name) == 0
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
@@ -252,11 +278,10 @@ def test_poison_with_skip_is_retried_then_acked_counted_and_the_rest_goes_on(
                             processing_retry=Retry(count=1, wait=0.05))
     with running(consumer):
         assert recorder.wait_for(2) == [b"ok1", b"ok2"]
-        wait_for(lambda: _sample("component_amqp_message_counter_total", queue=queue,
-                                 state="ACK", hasError="true") == 1, timeout=5)
+        await_sample(_COUNTER, 1, queue=queue, state="ACK", hasError="true")
     assert len(attempts) == 2  # one retry, then skipped
-    assert _sample("component_amqp_message_counter_total", queue=queue, state="ACK",
-                   hasError="false") == 2
+    # Stopped: the consumer handed every count over when it closed.
+    assert sample(_COUNTER, queue=queue, state="ACK", hasError="false") == 2
     assert broker.ready(queue) == 0
 
 
@@ -268,7 +293,9 @@ def test_poison_with_nack_is_redelivered_with_growing_pauses_not_in_a_hot_loop(
     seen: list[tuple[float, bool]] = []
 
     def fail_three_times(batch: Batch) -> None:
-        seen.append((time.monotonic(), batch[0].raw.redelivered))
+        message = batch[0]
+        assert isinstance(message, AMQPMessage)
+        seen.append((time.monotonic(), message.redelivered))
         if len(seen) <= 3:
             raise ValueError("not yet")
 
@@ -281,8 +308,7 @@ def test_poison_with_nack_is_redelivered_with_growing_pauses_not_in_a_hot_loop(
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(seen)]
     # Paced by the retry policy, growing while it keeps failing: never a hot loop.
     assert all(gap >= least for gap, least in zip(gaps, [0.095, 0.195, 0.395], strict=True)), gaps
-    assert _sample("component_amqp_message_counter_total", queue=queue, state="NACK",
-                   hasError="true") == 3
+    assert sample(_COUNTER, queue=queue, state="NACK", hasError="true") == 3
     assert broker.ready(queue) == 0
 
 
@@ -325,8 +351,8 @@ def test_wrong_credentials_or_port_keep_it_unready_retry_then_fail_clearly(
     queue = broker.queue()
     url = (amqp_url.replace("guest:guest", "guest:wrong-secret") if fault == "credentials"
            else f"amqp://guest:guest@127.0.0.1:{free_port()}/")
-    consumer = AMQPConsumer(url, queue, Recorder(), retries=2, retry_wait=0.3,
-                            connect_timeout=2)
+    consumer = AMQPConsumer(url, queue, Recorder(), connect_timeout=2,
+                            connection_retry=ConnectionRetry(count=2, wait=0.3, jitter=0))
     service = Service("amqp-test", components=[consumer], config=FAST, default_http=False)
     service.start()
     try:
@@ -348,7 +374,8 @@ def test_a_missing_queue_fails_at_once_with_a_clear_error(
     broker: Broker, amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = broker.name()  # never declared
-    consumer = AMQPConsumer(amqp_url, queue, Recorder(), retries=5, retry_wait=5.0)
+    consumer = AMQPConsumer(amqp_url, queue, Recorder(),
+                            connection_retry=ConnectionRetry(count=5, wait=5.0, jitter=0))
     service = Service("amqp-test", components=[consumer], config=FAST, default_http=False)
     # Well within the first retry wait: the error is permanent, never retried.
     assert service.start().wait(4) == EXIT_FAILURE
@@ -362,13 +389,15 @@ def test_a_queue_deleted_while_consuming_is_noticed_and_fails_the_component(
     broker: Broker, amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = broker.queue()
-    consumer = AMQPConsumer(amqp_url, queue, Recorder(), retries=2, retry_wait=0.1)
+    consumer = AMQPConsumer(amqp_url, queue, Recorder(),
+                            connection_retry=ConnectionRetry(count=2, wait=0.1, jitter=0))
     service = Service("amqp-test", components=[consumer], config=FAST, default_http=False)
     service.start()
     try:
         wait_for(consumer.ready, timeout=5)
         broker.channel.queue_delete(queue)
         assert service.wait(10) == EXIT_FAILURE
+        assert not consumer.ready()  # gave up
     finally:
         service.stop()
         service.wait(10)
@@ -410,7 +439,8 @@ def test_a_declaration_conflicting_with_the_broker_fails_at_once(
 ) -> None:
     exchange = broker.exchange("fanout")
     consumer = AMQPConsumer(
-        amqp_url, broker.name(), Recorder(), retries=5, retry_wait=5.0,
+        amqp_url, broker.name(), Recorder(),
+        connection_retry=ConnectionRetry(count=5, wait=5.0, jitter=0),
         declare=QueueDeclaration(exchange=exchange, exchange_type="topic", exchange_durable=False),
     )
     service = Service("amqp-test", components=[consumer], config=FAST, default_http=False)
@@ -453,15 +483,13 @@ def test_metrics_count_messages_and_report_their_age_and_the_queue_size(
     with running(consumer):
         assert entered.wait(10)
         # Read at subscription (30), or at a later probe once the prefetch window left (20).
-        assert 20 <= _sample("component_amqp_queue_size", queue=queue) <= 30
+        assert 20 <= sample("component_amqp_queue_size", queue=queue) <= 30
         release.set()
         recorder.wait_for(30)
-        wait_for(lambda: _sample("component_amqp_queue_size", queue=queue) == 0, timeout=5)
-        wait_for(lambda: _sample("component_amqp_message_counter_total", queue=queue,
-                                 state="ACK", hasError="false") == 30, timeout=5)
-    assert _sample("component_amqp_message_counter_total", queue=queue, state="FETCHED",
-                   hasError="false") == 30
-    assert _sample("component_amqp_message_age", queue=queue) >= 119
+        await_sample("component_amqp_queue_size", 0, queue=queue)
+        await_sample(_COUNTER, 30, queue=queue, state="ACK", hasError="false")
+        await_sample(_COUNTER, 30, queue=queue, state="FETCHED", hasError="false")
+    assert sample("component_amqp_message_age", queue=queue) >= 119
 
 
 # -- connection faults ------------------------------------------------------------------------
@@ -482,7 +510,8 @@ def test_heartbeats_are_answered_while_idle_and_while_waiting_between_retries(
     recorder = Recorder(flaky)
     # heartbeat=1: the broker drops a connection that stays silent for about 2 s. No
     # connection retries: a dropped connection would fail the component.
-    consumer = AMQPConsumer(amqp_url, queue, recorder, heartbeat=1, retries=0,
+    consumer = AMQPConsumer(amqp_url, queue, recorder, heartbeat=1,
+                            connection_retry=ConnectionRetry(count=0),
                             processing_retry=Retry(count=2, wait=1.5, backoff=1))
     with running(consumer) as service:
         wait_for(consumer.ready, timeout=5)
@@ -510,7 +539,8 @@ def test_every_connection_closed_by_the_broker_reconnects_and_loses_nothing(
             assert release.wait(20)
 
     recorder = Recorder(pause_at_50)
-    consumer = AMQPConsumer(amqp_url, queue, recorder, retries=3, retry_wait=0.2,
+    consumer = AMQPConsumer(amqp_url, queue, recorder,
+                            connection_retry=ConnectionRetry(count=3, wait=0.2, jitter=0),
                             connection_name=broker.app_name("consumer"))
     with running(consumer) as service, AMQPPublisher(
         amqp_url, connection_name=broker.app_name("publisher")
@@ -528,6 +558,62 @@ def test_every_connection_closed_by_the_broker_reconnects_and_loses_nothing(
         assert service.wait(0) is None  # still running
     assert any("connection failed" in m for m in _messages(caplog))
     assert broker.ready(queue) == 0
+
+
+def test_ready_stays_true_while_it_reconnects_then_it_consumes_again(
+    broker: Broker, amqp_url: str, run: Callable[[Any], Runner]
+) -> None:
+    queue = broker.queue()
+    recorder = Recorder()
+    # One second between losing the connection and the next attempt: a window to look into.
+    consumer = AMQPConsumer(amqp_url, queue, recorder, connection_name=broker.app_name("c"),
+                            connection_retry=ConnectionRetry(count=3, wait=1.0, jitter=0))
+    runner = run(consumer)
+    wait_for(consumer.ready, timeout=10)
+    seen: list[tuple[float, bool]] = []  # (connections up, ready()) every 20 ms
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            seen.append((sample(_CONNECTED, name=consumer.name), consumer.ready()))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert broker.close_app_connections() == 1
+        # The connection went down and came back: the watcher saw both.
+        wait_for(lambda: any(up == 0 for up, _ in list(seen)), timeout=10)
+        wait_for(lambda: seen and seen[-1][0] == 1, timeout=10)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert all(ready for _, ready in seen), seen
+    assert broker.consumers(queue) == 1
+    broker.publish(queue, [b"after"])
+    assert recorder.wait_for(1) == [b"after"]
+    assert consumer.ready() and runner.error is None and runner.thread.is_alive()
+
+
+def test_ready_turns_false_once_it_gives_up_on_a_broker_that_keeps_refusing(
+    broker: Broker, run: Callable[[Any], Runner], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    # A virtual host of the test's own: deleting it closes the consumer's connection and makes
+    # the broker refuse every reconnection, without touching anybody else's.
+    vhost = broker.vhost()
+    consumer = AMQPConsumer(broker.url_of(vhost), f"{broker.prefix}-q", Recorder(),
+                            declare=True,
+                            connection_retry=ConnectionRetry(count=2, wait=1.0, jitter=0))
+    runner = run(consumer)
+    wait_for(consumer.ready, timeout=10)
+    broker.delete_vhost(vhost)
+    # Retrying (waits of 1 s, then 2 s before giving up): still ready.
+    wait_for(lambda: any("retry 1 of 2" in m for m in _messages(caplog)), timeout=15)
+    assert consumer.ready()
+    error = runner.ended(30)
+    assert isinstance(error, TransportError), error
+    assert "giving up after 3 failed connection attempt(s)" in str(error)
+    assert not consumer.ready()
 
 
 def test_ready_follows_the_subscription(broker: Broker, amqp_url: str) -> None:
@@ -549,7 +635,10 @@ def test_a_message_shows_its_delivery(broker: Broker, amqp_url: str) -> None:
     recorder = Recorder()
     with running(AMQPConsumer(amqp_url, queue, recorder)):
         recorder.wait_for(1)
-    message: Message = recorder.messages[0]
-    assert message.raw.message_id == "id-7" and message.raw.routing_key == queue
-    assert message.raw.exchange == "" and message.timestamp == 1700.0
+    message = recorder.messages[0]
+    assert isinstance(message, AMQPMessage)
+    assert message.message_id == "id-7" and message.routing_key == queue
+    assert message.exchange == "" and message.timestamp == 1700.0
+    assert message.properties.content_type == "text/plain"
+    assert message.raw.routing_key == queue  # pika's Basic.Deliver
     assert message.text == "hello"

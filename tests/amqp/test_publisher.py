@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
 
 import pika
-import prometheus_client
 import pytest
 
 from patron import correlation
 from patron.amqp import AMQPPublisher, PublishError
 from tests.amqp.conftest import Broker
 from tests.conftest import free_port
+from tests.support.metrics import sample
 
 pytestmark = pytest.mark.amqp
 
@@ -22,10 +23,8 @@ _DURATION = "client_amqp_publish_duration_seconds_count"
 
 
 def _published(exchange: str, success: str) -> float:
-    value = prometheus_client.REGISTRY.get_sample_value(
-        _DURATION, {"exchange": exchange, "success": success}
-    )
-    return 0.0 if value is None else value
+    # Observed by publish itself before it returns or raises: no waiting needed.
+    return sample(_DURATION, exchange=exchange, success=success)
 
 
 def test_publish_is_confirmed_and_carries_correlation_id_timestamp_and_persistence(
@@ -133,6 +132,62 @@ def test_an_unreachable_broker_is_a_clear_error(amqp_url: str) -> None:
         publisher.publish("", "q", b"x")
 
 
+def test_a_broker_that_never_answers_is_a_publish_error_within_the_publish_timeout() -> None:
+    # A listening socket nobody accepts from: the kernel completes the TCP handshake, and the
+    # AMQP handshake never gets an answer.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        url = f"amqp://guest:guest@127.0.0.1:{port}/"
+        with AMQPPublisher(url, publish_timeout=1, connect_timeout=60) as publisher:
+            started = time.monotonic()
+            with pytest.raises(PublishError, match=r"cannot connect to .*Timeout"):
+                publisher.publish("", "q", b"x")
+            # Bounded by its 1 s publish timeout, not the 60 s allowed to connect.
+            assert time.monotonic() - started < 10
+
+
 def test_a_body_that_is_not_bytes_is_refused(amqp_url: str) -> None:
     with AMQPPublisher(amqp_url) as publisher, pytest.raises(TypeError, match="bytes"):
         publisher.publish("", "q", "text")  # type: ignore[arg-type]
+
+
+def test_a_publish_the_broker_blocks_raises_at_its_deadline_and_holds_up_no_other(
+    broker: Broker, amqp_url: str
+) -> None:
+    queue = broker.queue()
+    failed_before = _published("", "false")
+    outcomes: dict[str, tuple[float, float, BaseException | None]] = {}
+
+    def publish(publisher: AMQPPublisher, body: bytes) -> None:
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            publisher.publish("", queue, body)
+        except BaseException as exc:
+            error = exc
+        outcomes[body.decode()] = (started, time.monotonic(), error)
+
+    with AMQPPublisher(amqp_url, publish_timeout=1) as publisher:
+        publisher.publish("", queue, b"before")  # connected, and the connection works
+        with broker.memory_alarm():  # the broker blocks publishers; restored on the way out
+            first = threading.Thread(target=publish, args=(publisher, b"first"))
+            second = threading.Thread(target=publish, args=(publisher, b"second"))
+            first.start()
+            second.start()  # together: one holds the connection, the other waits for it
+            first.join(30)
+            second.join(30)
+        # The alarm is over: the same publisher publishes again, on a new connection.
+        publisher.publish("", queue, b"after")
+    assert set(outcomes) == {"first", "second"}, outcomes
+    for started, ended, error in outcomes.values():
+        assert isinstance(error, PublishError), error
+        assert ended - started < 10  # its own 1 s timeout, with room for a loaded machine
+    latest_start = max(started for started, _, _ in outcomes.values())
+    assert all(latest_start < ended for _, ended, _ in outcomes.values())  # they overlapped
+    assert _published("", "false") == failed_before + 2
+    # A publish cut off at its deadline may still be routed once the alarm clears (the broker
+    # reads what the dropped connection had sent): whether it was is unknown, as the error says.
+    bodies = [body for _, _, body in broker.drain(queue)]
+    assert bodies[0] == b"before" and b"after" in bodies

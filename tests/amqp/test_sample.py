@@ -22,14 +22,17 @@ def _lines(path: Path) -> list[str]:
 
 
 def _start(
-    service_process: Callable[..., ServiceProcess], amqp_url: str, queue: str, out: Path
+    service_process: Callable[..., ServiceProcess], amqp_url: str, queue: str, out: Path,
+    concurrency: int = 1,
 ) -> ServiceProcess:
     return service_process(
         "samples.amqp_consumer",
         AMQP_URL=amqp_url,
         AMQP_QUEUE=queue,
         SAMPLE_OUTPUT=str(out),
-        SAMPLE_DELAY="0.005",  # about 200 messages/s: a stream long enough to interrupt
+        # About 200 messages/s in all: a stream long enough to interrupt.
+        SAMPLE_DELAY=str(0.005 * concurrency),
+        SAMPLE_CONCURRENCY=str(concurrency),
         PATRON_HTTP_DEFAULT_PORT="0",
     )
 
@@ -92,4 +95,35 @@ def test_sigterm_mid_stream_requeues_the_prefetched_at_once_and_nothing_runs_twi
     second.signal(signal.SIGTERM)
     assert second.wait(15) == 0, _output(second)
     assert sorted(_lines(out)) == expected  # nothing lost, nothing processed twice
+    assert broker.ready(queue) == 0
+
+
+def test_sigterm_with_two_connections_requeues_the_unprocessed_and_nothing_runs_twice(
+    broker: Broker, amqp_url: str, service_process: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    queue = broker.queue()
+    expected = _stream(broker, queue)
+    out = tmp_path / "out.txt"
+    first = _start(service_process, amqp_url, queue, out, concurrency=2)
+    wait_for(lambda: len(_lines(out)) >= 50, timeout=20)
+    first.signal(signal.SIGTERM)
+    assert first.wait(15) == 0, _output(first)
+    log = _output(first)
+    # Two connections, each in a thread of its own, did consume.
+    assert "(concurrency 2)" in log, log
+    assert f"amqp-{queue}-0: subscribed" in log and f"amqp-{queue}-1: subscribed" in log, log
+    done = _lines(out)
+    assert len(done) < TOTAL, "the stream ended before SIGTERM"
+    assert len(set(done)) == len(done)  # whole lines, none twice: the writes did not mix
+    # Both connections acked what they processed and gave back the rest before closing:
+    # nothing processed is still in the queue, nothing unprocessed is missing from it.
+    assert broker.ready(queue) == TOTAL - len(done)
+    assert broker.consumers(queue) == 0
+
+    second = _start(service_process, amqp_url, queue, out, concurrency=2)
+    wait_for(lambda: len(_lines(out)) >= TOTAL, timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(15) == 0, _output(second)
+    assert sorted(_lines(out)) == expected  # every message processed exactly once
     assert broker.ready(queue) == 0

@@ -1,8 +1,9 @@
 """Kafka test fixtures: one broker for the whole run, unique topics and groups, service processes.
 
-The broker is librdkafka's mock cluster in a helper process (so a test may kill a service and
-the broker lives on), or the real broker named by ``PATRON_TEST_KAFKA_BROKERS``. When it
-cannot be had the tests fail under ``CI`` and are skipped locally.
+The broker comes from the ``kafka_brokers`` fixture patron ships (:mod:`patron.testing.kafka`):
+librdkafka's mock cluster in a helper process (so a test may kill a service and the broker
+lives on), or the real broker named by ``PATRON_TEST_KAFKA_BROKERS``. When it cannot be had the
+tests fail under ``CI`` and are skipped locally.
 """
 
 from __future__ import annotations
@@ -17,38 +18,12 @@ from typing import Any
 import pytest
 
 from patron.testing.kafka import ENV_BROKERS
+from patron.testing.kafka import kafka_brokers as kafka_brokers  # the shipped fixture
 from tests.conftest import ServiceProcess
 
 #: Short sessions so a killed member's partitions move within seconds. The mock cluster takes
 #: any value; a real broker refuses less than group.min.session.timeout.ms (6 s by default).
 SESSION_TIMEOUT = 6.0 if os.environ.get(ENV_BROKERS) else 3.0
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"Kafka is required under CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def kafka_brokers() -> Iterator[str]:
-    """Bootstrap address: ``PATRON_TEST_KAFKA_BROKERS``, or a mock cluster in a child process."""
-    try:
-        from confluent_kafka import Producer
-
-        from patron.testing.kafka import MockClusterProcess
-    except ImportError as exc:
-        _unavailable(f"confluent-kafka is not installed: {exc}")
-    real = os.environ.get(ENV_BROKERS, "").strip()
-    if real:
-        try:
-            Producer({"bootstrap.servers": real}).list_topics(timeout=10)
-        except Exception as exc:
-            _unavailable(f"{ENV_BROKERS}={real} is unreachable: {exc}")
-        yield real
-        return
-    with MockClusterProcess() as cluster:
-        yield cluster.bootstrap
 
 
 class Kafka:

@@ -13,8 +13,9 @@ import threading
 from collections.abc import Sequence
 
 from patron.messaging import Batch, Message, MessageState
+from patron.messaging._loop import Counts, TransportBase
 
-__all__ = ["FakeTransport", "Settled"]
+__all__ = ["FakeTransport", "ScriptedTransport", "Settled"]
 
 
 class Settled:
@@ -27,9 +28,7 @@ class Settled:
         return [body for body, s, _, _ in self.items if s is state]
 
 
-class FakeTransport:
-    supports_nack = True
-
+class FakeTransport(TransportBase):
     def __init__(self, *, supports_nack: bool = True) -> None:
         self.supports_nack = supports_nack
         self._cond = threading.Condition()
@@ -44,7 +43,10 @@ class FakeTransport:
         self.settled: list[Settled] = []
         self.acked: list[bytes] = []
         self.given_back: list[bytes] = []
-        self.connected = False
+        self.open = False
+        self.starts: list[bool] = []  # starts_batch of every fetch
+        self.recorded: dict[tuple[str, object, bool], int] = {}
+        self.probes = 0
 
     # -- test side ---------------------------------------------------------------------------
 
@@ -71,11 +73,17 @@ class FakeTransport:
         self.connects += 1
         if self.connect_errors:
             raise self.connect_errors.pop(0)
+        self.open = True
+        self.subscribed()
+
+    def subscribed(self) -> None:
+        """Called by connect: from now on the transport can deliver."""
         self.connected = True
 
-    def fetch(self, max_messages: int, timeout: float) -> Sequence[Message]:
-        assert self.connected, "fetch on a closed transport"
+    def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
+        assert self.open, "fetch on a closed transport"
         self.fetches += 1
+        self.starts.append(starts_batch)
         error = self.fetch_errors.pop(0) if self.fetch_errors else None
         if error is not None:
             raise error
@@ -106,9 +114,17 @@ class FakeTransport:
             self._queue.extendleft(reversed(redeliver))
             self._cond.notify_all()
 
+    def record(self, counts: Counts) -> None:
+        with self._cond:
+            for key, n in counts.items():
+                self.recorded[key] = self.recorded.get(key, 0) + n
+
+    def probe(self) -> None:
+        self.probes += 1
+
     def close(self) -> None:
         self.closes += 1
-        self.connected = False
+        self.open = False
         with self._cond:
             for message in self._outstanding.values():
                 self.given_back.append(message.body)
@@ -117,7 +133,7 @@ class FakeTransport:
             self._cond.notify_all()
 
 
-class ScriptedTransport:
+class ScriptedTransport(TransportBase):
     """Hands out messages in scripted chunk sizes (0 = an empty fetch), then sets ``stop``."""
 
     supports_nack = False
@@ -131,7 +147,7 @@ class ScriptedTransport:
     def connect(self) -> None:
         pass
 
-    def fetch(self, max_messages: int, timeout: float) -> Sequence[Message]:
+    def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
         if not self._chunks:
             self._stop.set()
             return []
@@ -148,6 +164,9 @@ class ScriptedTransport:
         return got
 
     def settle(self, batch: Batch) -> None:
+        pass
+
+    def record(self, counts: Counts) -> None:
         pass
 
     def close(self) -> None:

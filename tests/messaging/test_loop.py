@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -15,8 +15,8 @@ from patron import correlation, log
 from patron.messaging import (
     Batch,
     ConnectionRetry,
-    ConsumerLoop,
     FailureStrategy,
+    Message,
     MessageState,
     PermanentError,
     ProcessingError,
@@ -25,52 +25,19 @@ from patron.messaging import (
     dedupe_by_key,
     per_message,
 )
+from patron.messaging._loop import ConsumerLoop, Outcome
 from tests.conftest import wait_for
 from tests.messaging.fakes import FakeTransport, ScriptedTransport
+from tests.support.components import Runner
 
 FAST = Retry(count=0, wait=0.01, backoff=1.0)
 NO_RETRY = ConnectionRetry(count=0, wait=0.0)
 
 
-class Running:
-    """A loop running in its own thread, like a component under a Service."""
-
-    def __init__(self, loop: ConsumerLoop) -> None:
-        self.loop = loop
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="test-loop")
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.loop.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self, timeout: float = 5.0) -> BaseException | None:
-        self.stop.set()
-        return self.join(timeout)
-
-    def join(self, timeout: float = 5.0) -> BaseException | None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the loop did not return"
-        return self.error
-
-
 @pytest.fixture
-def running() -> Iterator[Callable[[ConsumerLoop], Running]]:
-    started: list[Running] = []
-
-    def start(loop: ConsumerLoop) -> Running:
-        run = Running(loop)
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        run.stop.set()
-        run.thread.join(5)
+def running(run: Callable[[ConsumerLoop], Runner]) -> Callable[[ConsumerLoop], Runner]:
+    """``running(loop)``: the loop runs in a thread, as in a consumer component."""
+    return run
 
 
 def make_loop(transport: FakeTransport, processor: Callable[[Batch], None], **kw: object
@@ -183,7 +150,7 @@ def test_stop_finishes_the_batch_in_hand_settles_it_and_closes(running) -> None:
     assert entered.wait(5)
     run.stop.set()
     release.set()
-    assert run.join() is None
+    assert run.ended() is None
     assert transport.acked == [b"a"]
     assert transport.given_back == []  # "b" was never fetched: one message per batch
     assert transport.closes == 1
@@ -200,7 +167,7 @@ def test_exit_raises_without_acknowledging_and_gives_the_message_back(running) -
 
     run = running(make_loop(transport, process, failure=FailureStrategy.EXIT))
     transport.push("ok", "poison", "after")
-    error = run.join()
+    error = run.ended()
     assert isinstance(error, ProcessingError)
     assert "bad payload" in str(error) and "exit" in str(error)
     assert isinstance(error.__cause__, ValueError)
@@ -331,7 +298,7 @@ def test_a_base_exception_from_the_processor_is_not_swallowed(running) -> None:
 
     run = running(make_loop(transport, process, failure="skip"))
     transport.push("a")
-    assert isinstance(run.join(), KeyboardInterrupt)
+    assert isinstance(run.ended(), KeyboardInterrupt)
     assert transport.acked == [] and transport.given_back == [b"a"]
 
 
@@ -342,7 +309,7 @@ def test_connection_failures_are_retried_then_reported(running) -> None:
     transport.connect_errors = [ConnectionError(f"refused {i}") for i in range(3)]
     run = running(make_loop(transport, lambda b: None,
                             connection=ConnectionRetry(count=2, wait=0.001)))
-    error = run.join()
+    error = run.ended()
     assert isinstance(error, TransportError)
     assert "3 failed connection attempt(s)" in str(error) and "refused 2" in str(error)
     assert transport.connects == 3 and transport.closes >= 3
@@ -392,7 +359,7 @@ def test_settling_that_keeps_failing_uses_up_the_connection_retries(running) -> 
     run = running(make_loop(transport, lambda b: processed.append(b[0].body),
                             connection=ConnectionRetry(count=2, wait=0.001)))
     transport.push("a")
-    error = run.join()
+    error = run.ended()
     # Each reconnect fetched the message again, but that is no proof the connection works.
     assert isinstance(error, TransportError) and "ack refused 2" in str(error)
     assert processed == [b"a"] * 3 and transport.acked == []
@@ -403,7 +370,7 @@ def test_a_permanent_error_is_not_retried(running) -> None:
     transport.connect_errors = [PermanentError("queue q does not exist")]
     run = running(make_loop(transport, lambda b: None,
                             connection=ConnectionRetry(count=5, wait=0.001)))
-    assert isinstance(run.join(), PermanentError)
+    assert isinstance(run.ended(), PermanentError)
     assert transport.connects == 1
 
 
@@ -461,3 +428,149 @@ def test_invalid_loop_settings_are_refused() -> None:
         make_loop(FakeTransport(), lambda b: None, batch_size=0)
     with pytest.raises(ValueError):
         ConnectionRetry(count=-1)
+
+
+# -- the transport hooks ----------------------------------------------------------------------
+
+class PausingTransport(FakeTransport):
+    """Records every pause the loop asks for, and how it was left (stopped or not)."""
+
+    def __init__(self, **kw: bool) -> None:
+        super().__init__(**kw)
+        self.pauses: list[float] = []
+
+    def pause(self, stop: threading.Event, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        return super().pause(stop, seconds)
+
+
+def test_fetch_is_told_whether_it_starts_a_batch(running) -> None:
+    transport = FakeTransport()
+    run = running(make_loop(transport, lambda batch: None, batch_size=3, batch_timeout=0.2))
+    transport.push("a")  # a batch of one: the top-up fetches find nothing
+    assert transport.wait_settled(1)
+    assert run.finish() is None
+    first = transport.starts.index(True)
+    assert transport.starts[first + 1] is False  # the fetch after the first message tops up
+    assert transport.starts.count(False) >= 1
+
+
+def test_retry_and_nack_pauses_go_through_the_transport(running) -> None:
+    transport = PausingTransport()
+    failures = iter([ValueError("once")])
+
+    def process(batch: Batch) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+
+    run = running(make_loop(transport, process, retry=Retry(count=1, wait=0.01)))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert transport.pauses == [0.01]
+
+
+def test_a_failure_kept_from_a_client_callback_is_a_connection_failure(running) -> None:
+    class FailingCallback(FakeTransport):
+        def fetch(self, max_messages: int, timeout: float, starts_batch: bool
+                  ) -> list[object]:
+            got = super().fetch(max_messages, timeout, starts_batch)
+            if self.connects == 1 and got:
+                self.fail(ConnectionError("callback saw the connection break"))
+            return got  # type: ignore[return-value]
+
+    transport = FailingCallback()
+    run = running(make_loop(transport, lambda batch: None,
+                            connection=ConnectionRetry(count=1, wait=0.001)))
+    transport.push("a")
+    assert transport.wait_acked(1)  # fetched again after the reconnect, processed once
+    assert run.finish() is None
+    assert transport.connects == 2
+    assert transport.given_back == [b"a"]  # the first fetch was not processed but given back
+
+
+def test_an_idle_pause_rests_after_empty_fetches_only(running) -> None:
+    transport = PausingTransport()
+    transport.idle_pause = 0.01
+    run = running(make_loop(transport, lambda batch: None))
+    wait_for(lambda: len(transport.pauses) >= 3)
+    assert run.finish() is None
+    assert set(transport.pauses) == {0.01}
+
+
+def test_counts_are_recorded_by_source_outcome_and_failure(running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        if batch[0].body == b"bad":
+            raise ValueError("bad")
+        if batch[0].body == b"give back":
+            batch[0].nack(requeue=False)
+
+    run = running(make_loop(transport, process, failure="skip"))
+    transport.push("ok", "give back", "bad")
+    assert transport.wait_settled(3)
+    assert run.finish() is None
+    assert transport.recorded == {
+        ("q", Outcome.RECEIVED, False): 3,
+        ("q", Outcome.ACKED, False): 1,
+        ("q", Outcome.NACKED, False): 1,
+        ("q", Outcome.ACKED, True): 1,
+    }
+
+
+def test_a_message_left_unacknowledged_by_exit_is_counted_as_failed(running) -> None:
+    transport = FakeTransport()
+
+    def process(batch: Batch) -> None:
+        raise ValueError("bad")
+
+    run = running(make_loop(transport, process))
+    transport.push("bad")
+    assert isinstance(run.ended(), ProcessingError)
+    assert transport.recorded == {("q", Outcome.RECEIVED, False): 1,
+                                  ("q", Outcome.UNACKED, True): 1}
+
+
+def test_statistics_are_read_every_stats_interval(running) -> None:
+    transport = FakeTransport()
+    run = running(make_loop(transport, lambda batch: None, stats_interval=0.05))
+    wait_for(lambda: transport.probes >= 2)
+    assert run.finish() is None
+
+
+def test_no_statistics_without_a_stats_interval(running) -> None:
+    transport = FakeTransport()
+    run = running(make_loop(transport, lambda batch: None))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    assert transport.probes == 0
+
+
+def test_connection_retries_back_off_with_jitter() -> None:
+    retry = ConnectionRetry(count=5, wait=1.0, backoff=2.0, max_wait=10.0, jitter=0.5)
+    for attempt, full in enumerate([1.0, 2.0, 4.0, 8.0, 10.0, 10.0]):
+        delays = {retry.delay(attempt) for _ in range(50)}
+        assert all(full / 2 <= d <= full for d in delays)
+        assert len(delays) > 1  # not in lock-step
+    assert ConnectionRetry(jitter=0.0).delay(3) == 8.0
+    with pytest.raises(ValueError):
+        ConnectionRetry(jitter=1.5)
+
+
+def test_messages_of_several_sources_in_one_batch_are_counted_by_source(running) -> None:
+    transport = FakeTransport()
+    mixed = [Message(b"1", source="a"), Message(b"2", source="b"), Message(b"3", source="a")]
+    mixed[1].nack(requeue=False)
+    run = running(make_loop(transport, lambda batch: None, batch_size=3, batch_timeout=1.0))
+    with transport._cond:  # two sources' messages arrive together (a multi-topic consumer)
+        transport._queue.extend(mixed)
+        transport._cond.notify_all()
+    assert transport.wait_settled(1)
+    assert run.finish() is None
+    assert transport.recorded == {
+        ("a", Outcome.RECEIVED, False): 2, ("a", Outcome.ACKED, False): 2,
+        ("b", Outcome.RECEIVED, False): 1, ("b", Outcome.NACKED, False): 1,
+    }

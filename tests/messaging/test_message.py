@@ -119,3 +119,14 @@ def test_batch_decisions_apply_to_undecided_messages_only() -> None:
     batch.nack(requeue=True)
     assert [m.state for m in batch] == [MessageState.NACKED, MessageState.ACKED,
                                         MessageState.NACKED]
+
+
+def test_the_decision_can_be_read_but_not_written_by_user_code() -> None:
+    message = Message(b"x")
+    message.nack(requeue=False)
+    assert (message.state, message.requeue, message.error) == (MessageState.NACKED, False, None)
+    for attribute, value in (("state", MessageState.ACKED), ("requeue", True),
+                             ("error", ValueError())):
+        with pytest.raises(AttributeError):
+            setattr(message, attribute, value)
+    assert message.state is MessageState.NACKED

@@ -1,16 +1,19 @@
 """Fixtures for the SQS tests: an endpoint (moto's server, or ``PATRON_TEST_SQS_ENDPOINT``),
-a boto3 client, unique queues deleted after the test, and a runner for components."""
+a boto3 client, unique queues deleted after the test, and queue helpers.
+
+Components run with the shared ``run`` fixture (``tests/conftest.py``); processors that record
+what they got are :class:`tests.support.components.Recorder`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
-import prometheus_client
 import pytest
 
 from patron.testing.sqs import ENV_ENDPOINT, MotoServer, client_kwargs, sqs_endpoint
@@ -18,11 +21,10 @@ from patron.testing.sqs import ENV_ENDPOINT, MotoServer, client_kwargs, sqs_endp
 __all__ = [
     "ENV_ENDPOINT",
     "MotoServer",
-    "Runner",
+    "QueueFactory",
     "client_kwargs",
     "counts",
     "drain",
-    "metric",
     "session",
     "sqs_endpoint",
 ]
@@ -44,21 +46,18 @@ def connection(sqs_endpoint: str) -> dict[str, Any]:
     return {"endpoint_url": sqs_endpoint, "session": session()}
 
 
-@pytest.fixture
-def run() -> Iterator[Callable[[Any], Runner]]:
-    """``run(component) -> Runner``; every runner still running is stopped after the test."""
-    runners: list[Runner] = []
-
-    def start(component: Any) -> Runner:
-        runner = Runner(component)
-        runners.append(runner)
-        return runner
-
-    yield start
-    for runner in runners:
-        runner.stop.set()
-    for runner in runners:
-        runner.thread.join(30)
+@pytest.fixture(scope="session")
+def serial_sqs_endpoint(sqs_endpoint: str) -> Iterator[str]:
+    """An endpoint for tests with several pollers that count deliveries exactly: a second moto
+    server that handles one request at a time (``MotoServer(serial=True)``: moto's SQS is not
+    thread-safe), or the real endpoint, when one is set. moto keeps its queues in
+    process-global state, so queues made through ``sqs_endpoint`` are reachable here by name.
+    """
+    if os.environ.get(ENV_ENDPOINT, "").strip():
+        yield sqs_endpoint
+        return
+    with MotoServer(serial=True) as server:
+        yield server.endpoint_url
 
 
 @pytest.fixture
@@ -122,36 +121,3 @@ def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
         sqs.delete_message_batch(QueueUrl=url, Entries=[
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(items)
         ])
-
-
-def metric(name: str, **labels: str) -> float:
-    """A sample of the default Prometheus registry (0 when it does not exist yet)."""
-    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-class Runner:
-    """Runs a component's ``run(stop)`` in a thread, as a Service would, without the rest."""
-
-    def __init__(self, component: Any) -> None:
-        self.component = component
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="test-component", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.component.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self, timeout: float = 20.0) -> BaseException | None:
-        """Set stop, wait for ``run`` to return; its exception, or None."""
-        self.stop.set()
-        return self.ended(timeout)
-
-    def ended(self, timeout: float = 20.0) -> BaseException | None:
-        """Wait for ``run`` to return by itself; its exception, or None."""
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"the component did not return within {timeout}s"
-        return self.error

@@ -13,22 +13,19 @@ import boto3
 import pytest
 
 from patron import EXIT_FAILURE, Service
-from patron.messaging import Batch, PermanentError
+from patron.messaging import ConnectionRetry, PermanentError, TransportError
 from patron.sqs import SQSConsumer, SQSPublisher
 from patron.testing.sqs import check_credentials
 from tests.conftest import wait_for
-from tests.sqs.conftest import (
-    ENV_ENDPOINT,
-    MotoServer,
-    QueueFactory,
-    Runner,
-    client_kwargs,
-    session,
-)
+from tests.sqs.conftest import ENV_ENDPOINT, MotoServer, QueueFactory, client_kwargs, session
+from tests.support.components import Recorder, Runner
+from tests.support.metrics import await_sample, sample
 
 Run = Callable[[Any], Runner]
 
 pytestmark = pytest.mark.sqs
+
+CONNECTED = "component_consumer_connected"
 
 
 @pytest.fixture
@@ -42,51 +39,96 @@ def private_moto() -> Iterator[MotoServer]:
         server.stop()
 
 
+@pytest.fixture
+def private_queue(private_moto: MotoServer) -> Iterator[tuple[Any, str]]:
+    """``(client, url)``: a client of ``private_moto`` and a new queue there; deleted after the
+    test (with the server running again)."""
+    sqs = boto3.client("sqs", **client_kwargs(private_moto.endpoint_url))
+    url = sqs.create_queue(QueueName=f"patron-outage-{time.monotonic_ns()}")["QueueUrl"]
+    yield sqs, url
+    if not private_moto.running:
+        private_moto.start()
+    with contextlib.suppress(Exception):
+        sqs.delete_queue(QueueUrl=url)
+
+
 def _count_warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(1 for r in caplog.records if text in r.getMessage())
 
 
 def test_receive_retries_carry_the_consumer_over_an_endpoint_outage(
-    private_moto: MotoServer, run: Run, caplog: pytest.LogCaptureFixture
+    private_moto: MotoServer, private_queue: tuple[Any, str], run: Run,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sqs = boto3.client("sqs", **client_kwargs(private_moto.endpoint_url))
-    url = sqs.create_queue(QueueName=f"patron-outage-{time.monotonic_ns()}")["QueueUrl"]
-    try:
-        bodies: list[str] = []
-        component = SQSConsumer(
-            url, lambda batch: bodies.extend(m.text for m in batch),
-            endpoint_url=private_moto.endpoint_url, session=session(),
-            wait_time=1, max_messages=10, retries=100, retry_wait=0.2,
-        )
-        publisher = SQSPublisher(url, client=sqs)
-        publisher.send_batch(["before 1", "before 2"])
-        with caplog.at_level(logging.WARNING, logger="patron.sqs"):
-            runner = run(component)
-            wait_for(lambda: len(bodies) >= 2, timeout=10)
-            assert component.ready()
+    sqs, url = private_queue
+    recorder = Recorder()
+    component = SQSConsumer(
+        url, recorder, endpoint_url=private_moto.endpoint_url, session=session(),
+        wait_time=1, max_messages=10, name="sqs-outage",
+        connection_retry=ConnectionRetry(count=100, wait=0.2, backoff=1.0, jitter=0),
+    )
+    publisher = SQSPublisher(url, client=sqs)
+    publisher.publish_batch(["before 1", "before 2"])
+    with caplog.at_level(logging.WARNING, logger="patron.sqs"):
+        runner = run(component)
+        recorder.wait_for(2, timeout=10)
+        assert component.ready()
 
-            private_moto.stop()
-            wait_for(lambda: not component.ready(), timeout=10)
-            wait_for(lambda: _count_warnings(caplog, "connection failed") >= 2, timeout=10)
-            private_moto.start()  # same port, same queues
+        private_moto.stop()
+        # The consumer notices (its connection gauge drops) and retries ...
+        await_sample(CONNECTED, 0, timeout=10, name="sqs-outage")
+        wait_for(lambda: _count_warnings(caplog, "connection failed") >= 2, timeout=10)
+        private_moto.start()  # same port, same queues
 
-            publisher.send_batch(["after 1", "after 2"])
-            wait_for(lambda: len(bodies) >= 4, timeout=15)
-            wait_for(component.ready, timeout=5)
-            assert runner.finish() is None
-        assert sorted(bodies) == ["after 1", "after 2", "before 1", "before 2"]
-    finally:
-        with contextlib.suppress(Exception):
-            sqs.delete_queue(QueueUrl=url)
+        publisher.publish_batch(["after 1", "after 2"])
+        recorder.wait_for(4, timeout=15)  # ... and consumes again once it is back
+        await_sample(CONNECTED, 1, timeout=10, name="sqs-outage")
+        assert runner.finish() is None
+    assert sorted(recorder.bodies) == [b"after 1", b"after 2", b"before 1", b"before 2"]
+
+
+def test_readiness_holds_while_retrying_and_drops_once_the_consumer_gave_up(
+    private_moto: MotoServer, private_queue: tuple[Any, str], run: Run,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sqs, url = private_queue
+    recorder = Recorder()
+    # 3 retries 1 s apart: seconds of slack to bring the endpoint back within them.
+    component = SQSConsumer(
+        url, recorder, endpoint_url=private_moto.endpoint_url, session=session(),
+        wait_time=1, name="sqs-readiness",
+        connection_retry=ConnectionRetry(count=3, wait=1.0, backoff=1.0, jitter=0),
+    )
+    publisher = SQSPublisher(url, client=sqs)
+    publisher.publish("before")
+    with caplog.at_level(logging.WARNING, logger="patron.sqs"):
+        runner = run(component)
+        recorder.wait_for(1, timeout=10)
+        assert component.ready()
+
+        private_moto.stop()
+        wait_for(lambda: _count_warnings(caplog, "connection failed") >= 1, timeout=10)
+        assert component.ready()  # retrying: a hiccup does not take the service out
+        assert runner.thread.is_alive()
+        private_moto.start()
+        publisher.publish("after")
+        recorder.wait_for(2, timeout=15)  # consuming again
+        assert component.ready()
+
+        private_moto.stop()  # for good this time: past the retries, it gives up
+        error = runner.ended(timeout=30)
+    assert isinstance(error, TransportError)
+    assert not component.ready()
+    assert recorder.bodies == [b"before", b"after"]
 
 
 def test_past_the_retries_the_service_fails_with_a_clear_error(
-    private_moto: MotoServer, caplog: pytest.LogCaptureFixture
+    private_moto: MotoServer, private_queue: tuple[Any, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    sqs = boto3.client("sqs", **client_kwargs(private_moto.endpoint_url))
-    url = sqs.create_queue(QueueName=f"patron-gone-{time.monotonic_ns()}")["QueueUrl"]
+    _sqs, url = private_queue
     component = SQSConsumer(url, lambda batch: None, endpoint_url=private_moto.endpoint_url,
-                            session=session(), wait_time=1, retries=2, retry_wait=0.1)
+                            session=session(), wait_time=1,
+                            connection_retry=ConnectionRetry(count=2, wait=0.1, jitter=0))
     service = Service("sqs-gone", components=[component], default_http=False)
     with caplog.at_level(logging.WARNING):
         service.start()
@@ -99,17 +141,20 @@ def test_past_the_retries_the_service_fails_with_a_clear_error(
             service.wait(20)
     assert "giving up after 3 failed connection attempt(s)" in caplog.text
     assert private_moto.endpoint_url in caplog.text  # says which endpoint it could not reach
-    private_moto.start()
-    sqs.delete_queue(QueueUrl=url)
+    assert not component.ready()
 
 
 def _fails_at_start(component: SQSConsumer, run: Run) -> BaseException:
     started = time.monotonic()
     error = run(component).ended(timeout=10)
-    assert time.monotonic() - started < 5  # not retried
+    assert time.monotonic() - started < 5  # not retried (a retry would wait 5 s)
     assert isinstance(error, PermanentError)
     assert not component.ready()
     return error
+
+
+#: connection retries a permanent failure must not use: the first one would wait 5 s
+SLOW_RETRIES = ConnectionRetry(count=5, wait=5, jitter=0)
 
 
 @pytest.mark.parametrize("by", ["name", "url"])
@@ -120,7 +165,7 @@ def test_a_queue_that_does_not_exist_fails_the_start(
     if by == "url":  # not resolved: the first receive finds out
         queue = f"{sqs_endpoint}/123456789012/{queue}"
     component = SQSConsumer(queue, lambda batch: None, **connection, wait_time=1,
-                            retries=5, retry_wait=5)
+                            connection_retry=SLOW_RETRIES)
     error = _fails_at_start(component, run)
     assert f"SQS queue {queue!r} does not exist" in str(error)
 
@@ -133,7 +178,7 @@ def test_wrong_credentials_fail_the_start(
                                 aws_access_key_id="AKIAWRONGWRONGWRONG0",
                                 aws_secret_access_key="wrong")
     component = SQSConsumer(name, lambda batch: None, endpoint_url=sqs_endpoint, session=bad,
-                            retries=5, retry_wait=5)
+                            connection_retry=SLOW_RETRIES)
     if os.environ.get(ENV_ENDPOINT):
         checking: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     else:  # moto accepts any key unless told to check them (global to this process)
@@ -147,7 +192,7 @@ def test_wrong_credentials_fail_the_start(
 @pytest.mark.parametrize("endpoint", ["not a url", "localhost:4566", "ftp://127.0.0.1:1"])
 def test_a_malformed_endpoint_fails_the_start(endpoint: str, run: Run) -> None:
     component = SQSConsumer("queue", lambda batch: None, endpoint_url=endpoint,
-                            session=session(), retries=5, retry_wait=5)
+                            session=session(), connection_retry=SLOW_RETRIES)
     error = _fails_at_start(component, run)
     assert f"invalid SQS endpoint {endpoint!r}" in str(error)
 
@@ -157,7 +202,7 @@ def test_a_queue_deleted_while_consuming_fails_the_component(
 ) -> None:
     name, url = make_queue()
     component = SQSConsumer(name, lambda batch: None, **connection, wait_time=1,
-                            retries=5, retry_wait=5)
+                            connection_retry=SLOW_RETRIES)
     runner = run(component)
     wait_for(component.ready, timeout=10)
     sqs.delete_queue(QueueUrl=url)
@@ -169,8 +214,8 @@ def test_a_queue_deleted_while_consuming_fails_the_component(
 def test_a_failed_delete_is_retried_not_dropped(
     make_queue: QueueFactory, sqs: Any, run: Run, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _name, url = make_queue(VisibilityTimeout=60)
-    SQSPublisher(url, client=sqs).send_batch(["one", "two"])
+    name, url = make_queue(VisibilityTimeout=60)
+    SQSPublisher(url, client=sqs).publish_batch(["one", "two"])
     failures = [1]
 
     class FlakyDeletes:
@@ -183,20 +228,20 @@ def test_a_failed_delete_is_retried_not_dropped(
                 raise ConnectionError("connection reset while deleting")
             return sqs.delete_message_batch(**kwargs)
 
-    processed: list[bytes] = []
-
-    def process(batch: Batch) -> None:
-        processed.extend(m.body for m in batch)
-
-    component = SQSConsumer(url, process, client=FlakyDeletes(), wait_time=1, max_messages=10,
-                            retries=3, retry_wait=0.1)
+    recorder = Recorder()
+    component = SQSConsumer(url, recorder, client=FlakyDeletes(), wait_time=1, max_messages=10,
+                            connection_retry=ConnectionRetry(count=3, wait=0.1, jitter=0))
     with caplog.at_level(logging.WARNING, logger="patron.sqs"):
         runner = run(component)
+        recorder.wait_for(2, timeout=10)
         wait_for(lambda: sqs.get_queue_attributes(
             QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0" and len(processed) >= 2,
-            timeout=10)
+        )["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0", timeout=10)
         assert runner.finish() is None
-    assert sorted(processed) == [b"one", b"two"]  # processed once: the delete was retried
-    assert "connection failed" in caplog.text
+    assert sorted(recorder.bodies) == [b"one", b"two"]  # processed once: the delete was retried
+    assert not failures  # the failing delete did happen
+    assert "connection failed" in caplog.text  # a failed delete is logged ...
+    # ... not counted as a message error (the stop handed every count over)
+    assert sample("component_sqs_message_counter_total", queue=name, state="ACK",
+                  hasError="true") == 0
     assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages") is None

@@ -1,4 +1,5 @@
-"""``python -m patron samples.sqs_consumer`` killed and stopped in the middle of a stream."""
+"""``python -m patron samples.sqs_consumer`` killed and stopped in the middle of a stream, with
+one poller and with two."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     # A short visibility timeout: what the killed process held comes back within 2 s.
     name, url = make_queue(VisibilityTimeout=2)
     sent = [f"kill-{i}" for i in range(30)]
-    SQSPublisher(url, client=sqs).send_batch(sent)
+    SQSPublisher(url, client=sqs).publish_batch(sent)
     output = tmp_path / "out.txt"
 
     first = service_process("samples.sqs_consumer",
@@ -71,7 +72,7 @@ def test_sigterm_mid_stream_gives_back_at_once_and_restart_processes_each_once(
     # A long visibility timeout: a message not given back would stay hidden past the test.
     name, url = make_queue(VisibilityTimeout=120)
     sent = [f"term-{i}" for i in range(20)]
-    SQSPublisher(url, client=sqs).send_batch(sent)
+    SQSPublisher(url, client=sqs).publish_batch(sent)
     output = tmp_path / "out.txt"
 
     first = service_process("samples.sqs_consumer",
@@ -93,4 +94,40 @@ def test_sigterm_mid_stream_gives_back_at_once_and_restart_processes_each_once(
     assert second.wait(20) == 0
     lines = _lines(output)
     assert sorted(lines) == sorted(sent)  # nothing lost, nothing processed twice
+    assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}
+
+
+def test_sigterm_with_two_pollers_gives_back_at_once_and_restart_processes_each_once(
+    make_queue: QueueFactory, sqs: Any, serial_sqs_endpoint: str,
+    service_process: StartService, tmp_path: Path,
+) -> None:
+    # A long visibility timeout: a message not given back (or not deleted) would stay hidden
+    # past the test. The endpoint serves one request at a time (see serial_sqs_endpoint), so
+    # the two pollers' receives and deletes cannot trip over moto's own races.
+    name, url = make_queue(VisibilityTimeout=120)
+    sent = [f"pair-{i}" for i in range(24)]
+    SQSPublisher(url, client=sqs).publish_batch(sent)
+    output = tmp_path / "out.txt"
+
+    first = service_process("samples.sqs_consumer", **_env(
+        serial_sqs_endpoint, name, output, SAMPLE_DELAY="0.2", SAMPLE_CONCURRENCY="2"))
+    wait_for(lambda: len(_lines(output)) >= 4, timeout=30)
+    first.signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    done = _lines(output)
+    assert 4 <= len(done) < len(sent)  # stopped in the middle
+    assert len(set(done)) == len(done)  # nothing processed twice so far
+    log = first.stdout_path.read_text()
+    assert "(concurrency 2)" in log
+    assert "gave back" in log  # it held unprocessed messages
+    # Each poller deleted what it processed and gave back the rest at once.
+    assert counts(sqs, url) == {"available": len(sent) - len(done), "invisible": 0,
+                                "delayed": 0}
+
+    second = service_process("samples.sqs_consumer", **_env(
+        serial_sqs_endpoint, name, output, SAMPLE_CONCURRENCY="2"))
+    wait_for(lambda: len(_lines(output)) >= len(sent), timeout=30)
+    second.signal(signal.SIGTERM)
+    assert second.wait(20) == 0
+    assert sorted(_lines(output)) == sorted(sent)  # nothing lost, nothing processed twice
     assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}

@@ -1,4 +1,4 @@
-"""Connection settings and error texts shared by the AMQP consumer and publisher.
+"""What the AMQP consumer and publisher share: connection settings and error texts.
 
 Nothing here opens a connection or keeps state; every function runs in its caller's thread.
 """
@@ -12,8 +12,13 @@ from typing import Any
 
 import pika
 from pika import exceptions as pika_errors
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-__all__ = ["describe", "parameters", "redact"]
+__all__ = ["CONNECT_ERRORS", "describe", "parameters", "redact"]
+
+#: what opening a ``BlockingConnection`` raises when the broker cannot be had: an AMQP handshake
+#: that got no answer (``AMQPConnectorStackTimeout``) is no ``AMQPError``
+CONNECT_ERRORS = (pika_errors.AMQPError, AMQPConnectorException, OSError)
 
 # pika logs each connection's opening and closing at INFO and each failed attempt as several
 # ERROR lines with a traceback; every failure also reaches patron as an exception, which it
@@ -45,7 +50,6 @@ def parameters(
     heartbeat: int,
     connect_timeout: float,
     connection_name: str,
-    blocked_timeout: float | None = None,
 ) -> pika.URLParameters:
     """pika connection parameters for ``url``; raises ``ValueError`` naming what is wrong.
 
@@ -66,7 +70,6 @@ def parameters(
         params.stack_timeout = connect_timeout
         params.connection_attempts = 1
         params.retry_delay = 0
-        params.blocked_connection_timeout = blocked_timeout
         params.client_properties = {"connection_name": connection_name}
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid AMQP URL {redact(url)}: {exc}") from None
