@@ -346,22 +346,43 @@ class ConsumerLoop:
             self.processor(batch)
 
     def _process(self, batch: Batch, stop: threading.Event) -> None:
+        try:
+            self._call(batch)
+        except Exception as error:
+            self._recover(batch, error, stop)
+            return
+        # The common case, kept lean as it runs per batch: every message the processor did not
+        # decide on is acknowledged, and the batch counted in the same pass.
+        source, nacked, mixed = batch[0].source, 0, False
+        for message in batch:
+            if message._state is _PENDING:
+                message._state = _ACKED
+            elif message._state is _NACKED:
+                nacked += 1
+            if message.source is not source:
+                mixed = True
+        settled = False
+        try:
+            self._settle(batch)
+            settled = True
+        finally:
+            if mixed or not settled:
+                self._tally(batch, settled)
+            else:
+                slots = self._slots(source)
+                slots[_RECEIVED] += len(batch)
+                slots[_ACKED_OK] += len(batch) - nacked
+                slots[_NACKED_OK] += nacked
+        self._failed_batches = 0
+        self._housekeeping()
+
+    def _recover(self, batch: Batch, error: Exception, stop: threading.Event) -> None:
+        """The processor raised for ``batch``: retry the undecided messages, then apply the
+        failure strategy to those still failing, settle, and raise or pause as it says."""
         transport = self.transport
         attempt = 0
-        view = batch
-        error: Exception | None = None
         interrupted = False
         while True:
-            try:
-                self._call(view)
-            except Exception as exc:
-                error = exc
-            else:
-                for message in view:
-                    if message._state is _PENDING:
-                        message._state = _ACKED
-                error = None
-                break
             pending = batch.pending()
             if not pending:  # it decided on everything before raising: its decisions stand
                 break
@@ -379,21 +400,33 @@ class ConsumerLoop:
             if transport.failure is not None:  # the connection broke: the broker redelivers
                 self._raise_failure()
             view = Batch(pending)
+            try:
+                self._call(view)
+            except Exception as exc:
+                error = exc
+            else:
+                for message in view:
+                    if message._state is _PENDING:
+                        message._state = _ACKED
+                self._finish(batch, [], error, stop)
+                self._failed_batches = 0
+                return
+        self._finish(batch, [] if interrupted else batch.pending(), error, stop)
 
-        failed = batch.pending() if error is not None and not interrupted else []
+    def _finish(self, batch: Batch, failed: list[Message], error: Exception,
+                stop: threading.Event) -> None:
+        """Settle a batch that failed at least once; ``failed`` are the messages the strategy
+        applies to (none when a retry succeeded, or a stop interrupted the retries)."""
         settled = False
         try:
-            if transport.failure is not None:  # it broke during the processor call
-                self._raise_failure()
             if failed:
                 self._apply_strategy(failed, error)
-            transport.settle(batch)
-            settled = self._healthy = True
+            self._settle(batch)
+            settled = True
         finally:
-            if error is not None:  # only a failed batch can hold undecided messages
-                for message in batch.pending():
-                    message._sealed = True
-            self._tally(batch, settled, error is None)
+            for message in batch.pending():  # undecided: given back when the transport closes
+                message._sealed = True
+            self._tally(batch, settled)
         if failed and self.failure is FailureStrategy.EXIT:
             first = failed[0]
             raise ProcessingError(
@@ -401,16 +434,25 @@ class ConsumerLoop:
                 f"(correlation id {first.correlation_id}): {error!r}; failure strategy exit, "
                 f"{len(failed)} message(s) not acknowledged"
             ) from error
+        self._housekeeping()
+        if failed and self.failure is FailureStrategy.NACK:
+            self._failed_batches += 1
+            self.transport.pause(stop, self.retry.delay(self._failed_batches - 1))
+
+    def _settle(self, batch: Batch) -> None:
+        transport = self.transport
+        if transport.failure is not None:  # it broke while the processor ran
+            self._raise_failure()
+        transport.settle(batch)
+        self._healthy = True
+
+    def _housekeeping(self) -> None:
+        """Between batches: hand the counts over and read statistics when they are due."""
         now = time.monotonic()
         if now >= self._next_record:
             self._record()
             if self.stats_interval and now >= self._next_probe:
                 self._probe(now)
-        if failed and self.failure is FailureStrategy.NACK:
-            self._failed_batches += 1
-            transport.pause(stop, self.retry.delay(self._failed_batches - 1))
-        elif error is None:
-            self._failed_batches = 0
 
     def _apply_strategy(self, failed: list[Message], error: BaseException | None) -> None:
         strategy = self.failure
@@ -433,36 +475,17 @@ class ConsumerLoop:
 
     # -- counting ----------------------------------------------------------------------------
 
-    def _tally(self, batch: Batch, settled: bool, clean: bool) -> None:
-        """Count the messages of ``batch`` as received and, once ``settled``, by the decision on
-        each. ``clean``: the processor did not fail, so every message was acknowledged but those
-        it nacked. This runs for every message, hence the fast path for a clean batch from one
-        source (transports hand out one ``source`` object for a run of messages)."""
-        tallies = self._tallies
-        first = batch[0].source
-        slots = tallies.get(first)
+    def _slots(self, source: str) -> list[int]:
+        slots = self._tallies.get(source)
         if slots is None:
-            slots = tallies[first] = [0] * len(_SLOTS)
-        if settled and clean:
-            nacked = 0
-            for message in batch:
-                if message.source is not first:
-                    break
-                if message._state is _NACKED:
-                    nacked += 1
-            else:
-                n = len(batch)
-                slots[_RECEIVED] += n
-                slots[_ACKED_OK] += n - nacked
-                slots[_NACKED_OK] += nacked
-                return
-        current = first
+            slots = self._tallies[source] = [0] * len(_SLOTS)
+        return slots
+
+    def _tally(self, batch: Batch, settled: bool) -> None:
+        """Count the messages of ``batch`` as received and, once ``settled``, by the decision on
+        each (the general case: see :meth:`_process` for the common one)."""
         for message in batch:
-            if message.source is not current:
-                current = message.source
-                slots = tallies.get(current)
-                if slots is None:
-                    slots = tallies[current] = [0] * len(_SLOTS)
+            slots = self._slots(message.source)
             slots[_RECEIVED] += 1
             if not settled:
                 continue
