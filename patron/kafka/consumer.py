@@ -431,17 +431,22 @@ class _KafkaTransport(TransportBase):
         return True
 
     def settle(self, batch: Batch) -> None:
-        offsets: dict[tuple[str, int], int] = {}
-        blocked: set[tuple[str, int]] = set()
         acked = MessageState.ACKED
-        for message in batch:  # one pass: this runs for every message consumed
-            raw = message.raw
-            partition = (message.source, raw.partition())
-            if message._state is acked:
-                if partition not in blocked:
-                    offsets[partition] = raw.offset() + 1
-            else:  # nothing behind an unfinished message may be committed
-                blocked.add(partition)
+        if len(batch) == 1:  # the default batch size: no bookkeeping of partitions to do
+            message = batch[0]
+            offsets = ({(message.source, message.raw.partition()): message.raw.offset() + 1}
+                       if message._state is acked else {})
+        else:
+            offsets = {}
+            blocked: set[tuple[str, int]] = set()
+            for message in batch:  # one pass: this runs for every message consumed
+                raw = message.raw
+                partition = (message.source, raw.partition())
+                if message._state is acked:
+                    if partition not in blocked:
+                        offsets[partition] = raw.offset() + 1
+                else:  # nothing behind an unfinished message may be committed
+                    blocked.add(partition)
         # Only partitions still ours: a rebalance during the collection of this batch moved the
         # others, and their new owner starts from their last commit.
         store = [
