@@ -17,6 +17,10 @@ Optional members refine how the Service sees a component; each is a small protoc
   other component has stopped, and gets at least a second for it even when the others used up
   the shutdown timeout: for components the others need to the end, such as the default HTTP
   component, which serves health checks and metrics.
+* :class:`StopsBy` ``stop_by(deadline)``: called in the Service's supervisor thread just before
+  the stop event is set, with the ``time.monotonic()`` by which the component must have
+  returned: the time left of the one shutdown budget. A component bounds its own waits with it
+  (a server's grace for requests in flight, a client's last commit); it must not block.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "Named",
     "Probes",
     "Ready",
+    "StopsBy",
     "StopsLast",
     "is_alive",
     "is_ready",
@@ -65,9 +70,19 @@ class StopsLast(Protocol):
     stop_last: bool
 
 
+@runtime_checkable
+class StopsBy(Protocol):
+    def stop_by(self, deadline: float) -> None:
+        """Learn the ``time.monotonic()`` deadline of the stop about to be asked for."""
+
+
 class Probes(Ready, Alive, Protocol):
-    """Readiness and liveness of a whole service: what the health endpoints ask (a
-    :class:`patron.Service` is one)."""
+    """Readiness and liveness of a whole service, and whether it is shutting down: what the
+    default HTTP component asks (a :class:`patron.Service` is one). Any thread; cheap."""
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment shutdown starts (readiness turned false for good)."""
 
 
 def name_of(component: object) -> str:

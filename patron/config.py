@@ -115,6 +115,24 @@ def _parse_positive_int(text: str) -> int:
     return value
 
 
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _positive_duration(text: str) -> float:
+    """A duration above 0: a timeout of 0 would cut off every connection at once."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -140,6 +158,16 @@ def _choice(options: Iterable[str], upper: bool = False) -> Callable[[str], str]
     return parse
 
 
+PROFILING_MODES = ("off", "loopback", "on")
+
+
+def _parse_profiling(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered in PROFILING_MODES:
+        return lowered
+    return "on" if _parse_bool(lowered) else "off"
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
@@ -162,6 +190,7 @@ class Config:
     http_threads: int = 16
     http_max_body_size: int = 10 * 1024 * 1024
     http_max_header_size: int = 64 * 1024
+    http_max_connections: int = 1000
     http_status_error_logging: StatusCodes = StatusCodes(ranges=((500, 600),))
     log_level: str = "INFO"
     log_format: str = "text"
@@ -169,9 +198,12 @@ class Config:
     jaeger_agent_port: int = 6831
     jaeger_sampler_type: str = "probabilistic"
     jaeger_sampler_param: float = 0.0
-    shutdown_timeout: float = 30.0
+    # With the span flush inside it, the default shutdown fits Kubernetes' default grace period
+    # of 30 s (terminationGracePeriodSeconds) with room to spare: the last components and the
+    # flush may take up to 1.5 s past it when the others used it all.
+    shutdown_timeout: float = 25.0
     drain_delay: float = 0.0
-    profiling: bool = True
+    profiling: str = "loopback"
     grpc_port: int = 50051
 
     @classmethod
@@ -214,19 +246,39 @@ class _Variable:
 
 
 _DURATION_TEXT = "a duration such as 500ms, 30s, 1m or plain seconds"
+_TIMEOUT_TEXT = "a duration above 0 such as 500ms, 30s, 1m or plain seconds"
+#: bounds of the HTTP worker threads and the header size: beyond them the server cannot work
+#: (thousands of threads; a limit below what a health probe's request takes)
+MAX_HTTP_THREADS = 1024
+MIN_HEADER_SIZE, MAX_HEADER_SIZE = 1024, 1024 * 1024
+MAX_CONNECTIONS = 100_000
 _VARIABLES = {
     "http_default_port": _Variable(
         "PATRON_HTTP_DEFAULT_PORT", _parse_port, "a port number from 0 to 65535"
     ),
-    "http_read_timeout": _Variable("PATRON_HTTP_READ_TIMEOUT", parse_duration, _DURATION_TEXT),
-    "http_write_timeout": _Variable("PATRON_HTTP_WRITE_TIMEOUT", parse_duration, _DURATION_TEXT),
-    "http_idle_timeout": _Variable("PATRON_HTTP_IDLE_TIMEOUT", parse_duration, _DURATION_TEXT),
-    "http_threads": _Variable("PATRON_HTTP_THREADS", _parse_positive_int, "a whole number >= 1"),
+    "http_read_timeout": _Variable(
+        "PATRON_HTTP_READ_TIMEOUT", _positive_duration, _TIMEOUT_TEXT
+    ),
+    "http_write_timeout": _Variable(
+        "PATRON_HTTP_WRITE_TIMEOUT", _positive_duration, _TIMEOUT_TEXT
+    ),
+    "http_idle_timeout": _Variable(
+        "PATRON_HTTP_IDLE_TIMEOUT", _positive_duration, _TIMEOUT_TEXT
+    ),
+    "http_threads": _Variable(
+        "PATRON_HTTP_THREADS", _int_between(1, MAX_HTTP_THREADS),
+        f"a whole number from 1 to {MAX_HTTP_THREADS}",
+    ),
     "http_max_body_size": _Variable(
         "PATRON_HTTP_MAX_BODY_SIZE", _parse_positive_int, "a size in bytes >= 1"
     ),
     "http_max_header_size": _Variable(
-        "PATRON_HTTP_MAX_HEADER_SIZE", _parse_positive_int, "a size in bytes >= 1"
+        "PATRON_HTTP_MAX_HEADER_SIZE", _int_between(MIN_HEADER_SIZE, MAX_HEADER_SIZE),
+        f"a size in bytes from {MIN_HEADER_SIZE} to {MAX_HEADER_SIZE}",
+    ),
+    "http_max_connections": _Variable(
+        "PATRON_HTTP_MAX_CONNECTIONS", _int_between(2, MAX_CONNECTIONS),
+        f"a whole number from 2 to {MAX_CONNECTIONS}",
     ),
     "http_status_error_logging": _Variable(
         "PATRON_HTTP_STATUS_ERROR_LOGGING",
@@ -247,8 +299,11 @@ _VARIABLES = {
     "jaeger_sampler_param": _Variable(
         "PATRON_JAEGER_SAMPLER_PARAM", _finite_float, "a number >= 0"
     ),
-    "shutdown_timeout": _Variable("PATRON_SHUTDOWN_TIMEOUT", parse_duration, _DURATION_TEXT),
+    "shutdown_timeout": _Variable("PATRON_SHUTDOWN_TIMEOUT", _positive_duration, _TIMEOUT_TEXT),
     "drain_delay": _Variable("PATRON_DRAIN_DELAY", parse_duration, _DURATION_TEXT),
-    "profiling": _Variable("PATRON_PROFILING", _parse_bool, "true or false"),
+    "profiling": _Variable(
+        "PATRON_PROFILING", _parse_profiling,
+        "loopback (only local clients), on or true (every client), off or false",
+    ),
     "grpc_port": _Variable("PATRON_GRPC_PORT", _parse_port, "a port number from 0 to 65535"),
 }

@@ -14,18 +14,21 @@ Shutdown
     2. the drain delay passes, so load balancers stop sending new work;
     3. the stop event of every component is set and they are joined, then those that stop last
        (:class:`patron.component.StopsLast`: the default HTTP component, so health and metrics
-       stay up until the end) are stopped; all of this shares one shutdown timeout, and a
+       stay up until the end) are stopped; all of this shares one shutdown timeout, whose
+       deadline each component learns first (:class:`patron.component.StopsBy`), and a
        component still running at the deadline is named in the log and its thread abandoned;
-    4. buffered spans are flushed.
+    4. buffered spans are flushed, within what is left of the same timeout (at least 0.5 s).
 
     The exit status (returned by :meth:`run` and :meth:`wait`) is :data:`EXIT_OK` after a clean
-    stop, :data:`EXIT_FAILURE` when a component failed or exited unexpectedly and
-    :data:`EXIT_TIMEOUT` when a component did not stop in time. A second SIGTERM or SIGINT during
-    shutdown exits the process at once with status 128 + the signal number.
+    stop, :data:`EXIT_FAILURE` when a component failed or exited unexpectedly (or the shutdown
+    itself failed) and :data:`EXIT_TIMEOUT` when a component did not stop in time. A second
+    SIGTERM or SIGINT during shutdown exits the process at once with status 128 + the signal
+    number; a SIGHUP during shutdown changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -52,6 +55,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_TIMEOUT = 3
 TRACE_FLUSH_TIMEOUT = 5.0
+TRACE_FLUSH_MINIMUM = 0.5
 LAST_STOP_MINIMUM = 1.0
 EVENT_POLL = 0.1  # longest a signal may wait for its handler
 
@@ -129,6 +133,8 @@ class Service:
         self._exit_code: int | None = None
         self._supervisor: threading.Thread | None = None
         self._signal_count = 0
+        self._failing_probes: set[tuple[str, str]] = set()
+        self._probe_lock = threading.Lock()
 
     # -- composition -------------------------------------------------------------------------
 
@@ -163,12 +169,39 @@ class Service:
         return (
             self._started
             and not self._draining
-            and all(_safe(is_ready, c) for c in self.components.values())
+            and all(self._probe(is_ready, n, c) for n, c in self.components.items())
         )
 
     def alive(self) -> bool:
         """True while every component reports itself alive."""
-        return not self._done.is_set() and all(_safe(is_alive, c) for c in self.components.values())
+        return not self._done.is_set() and all(
+            self._probe(is_alive, n, c) for n, c in self.components.items()
+        )
+
+    def _probe(self, probe: Callable[[object], bool], name: str, component: object) -> bool:
+        """``probe(component)``; False when it raises. Probes run at the kubelet's rate, so a
+        failing one is logged when it starts failing and when it answers again, not at every
+        call (the traceback at DEBUG)."""
+        kind = probe.__name__.removeprefix("is_")
+        key = (kind, name)
+        try:
+            answer = probe(component)
+        except Exception as exc:
+            with self._probe_lock:  # HTTP worker threads probe at the same time
+                first = key not in self._failing_probes
+                self._failing_probes.add(key)
+            if first:
+                logger.warning("%s probe of component %s raised %r; logged again once it "
+                               "answers", kind, name, exc)
+                logger.debug("%s probe of component %s raised", kind, name, exc_info=True)
+            return False
+        if key in self._failing_probes:
+            with self._probe_lock:
+                recovered = key in self._failing_probes
+                self._failing_probes.discard(key)
+            if recovered:
+                logger.info("%s probe of component %s answers again", kind, name)
+        return answer
 
     @property
     def draining(self) -> bool:
@@ -258,7 +291,9 @@ class Service:
             component.run(stop)
         except BaseException as exc:  # the supervisor decides; nothing may vanish silently
             error = exc
-            logger.error("component %s failed: %r", name, exc, exc_info=exc)
+            # One line an operator can act on; the traceback is for whoever debugs it.
+            logger.error("component %s failed: %s: %s", name, type(exc).__name__, exc)
+            logger.debug("component %s failed", name, exc_info=exc)
         self._events.put(_Exited(name, error, stop.is_set()))
 
     def _install_signals(self) -> dict[int, Any]:
@@ -270,13 +305,12 @@ class Service:
         return previous
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum != signal.SIGHUP or self._sighup is None:
+        # SIGHUP runs its hook, or shuts down like SIGTERM; during a shutdown it changes nothing
+        # (a terminal closing is no operator insisting on a fast exit).
+        if signum != signal.SIGHUP or (self._sighup is None and not self._draining):
             self._signal_count += 1
             if self._signal_count > 1:
-                # The operator insists: skip the orderly shutdown. Runs in the main thread.
-                logger.warning("second %s: exiting at once", signal.Signals(signum).name)
-                logging.shutdown()
-                os._exit(128 + signum)
+                _exit_at_once(signum)
             self._draining = True
         self._events.put(_Signal(signum))
 
@@ -296,6 +330,21 @@ class Service:
                 continue
 
     def _supervise(self) -> int:
+        """Wait for what starts the shutdown, then shut down; ``wait()`` returns whatever
+        happens here, so a failure of the shutdown itself cannot leave it waiting forever."""
+        code = EXIT_FAILURE
+        try:
+            code = self._shutdown(self._until_shutdown())
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # logging itself may be what failed
+                logger.critical("service %s: the shutdown failed: %r", self.name, exc)
+        finally:
+            self._exit_code = code
+            self._done.set()
+        return code
+
+    def _until_shutdown(self) -> dict[str, _Exited]:
+        """Handle events until one starts the shutdown; the component exits seen so far."""
         exits: dict[str, _Exited] = {}
         while True:
             event = self._next_event()
@@ -310,11 +359,7 @@ class Service:
                     logger.error("component %s returned before it was asked to stop", event.name)
             else:
                 logger.info("stop requested: shutting down")
-            break
-        code = self._shutdown(exits)
-        self._exit_code = code
-        self._done.set()
-        return code
+            return exits
 
     def _run_sighup_hook(self) -> None:
         logger.info("received SIGHUP: running the hook")
@@ -335,7 +380,16 @@ class Service:
                 exits[event.name] = event
 
     def _stop_and_join(self, names: list[str], deadline: float, exits: dict[str, _Exited]) -> None:
+        components = self.components
         for name in names:
+            stop_by = getattr(components[name], "stop_by", None)
+            if stop_by is not None:
+                try:
+                    stop_by(deadline)
+                except Exception as exc:
+                    logger.warning("stop_by() of component %s raised %r; stopping it anyway",
+                                   name, exc)
+                    logger.debug("stop_by() of component %s raised", name, exc_info=True)
             self._stops[name].set()
         pending = {n for n in names if n not in exits}
         while pending and (event := self._next_event(deadline)) is not None:
@@ -371,7 +425,10 @@ class Service:
             elif exit_.error is not None or not exit_.asked_to_stop:
                 code = EXIT_FAILURE if code == EXIT_OK else code
         failed = [n for n, e in exits.items() if e.error is not None or not e.asked_to_stop]
-        tracing.close(TRACE_FLUSH_TIMEOUT)
+        # Spans are flushed within the same budget, so the whole stop fits the grace period
+        # an orchestrator gives; they get a moment even when the components used it all.
+        tracing.close(min(TRACE_FLUSH_TIMEOUT,
+                          max(TRACE_FLUSH_MINIMUM, deadline - time.monotonic())))
         took = time.monotonic() - started
         if code == EXIT_OK:
             logger.info("service %s stopped cleanly in %.2fs", self.name, took)
@@ -382,13 +439,14 @@ class Service:
                 self.name, code, took, ", ".join(culprits),
             )
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            with contextlib.suppress(Exception):  # a closed stream must not hang wait()
+                handler.flush()
         return code
 
 
-def _safe(probe: Callable[[object], bool], component: object) -> bool:
-    try:
-        return probe(component)
-    except Exception:
-        logger.warning("health probe of %s raised", name_of(component), exc_info=True)
-        return False
+def _exit_at_once(signum: int) -> None:
+    """The operator insists: skip the orderly shutdown. Runs in the signal handler, so it takes
+    no lock (logging's could be held by the very frame it interrupted) and writes stderr raw."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"patron: second {signal.Signals(signum).name}: exiting at once\n".encode())
+    os._exit(128 + signum)

@@ -12,12 +12,15 @@ Run it with ``python -m patron samples.amqp_consumer``. Environment:
     UTF-8, undecodable bytes as ``\\xNN``, newlines as ``\\n``), written and flushed before the
     message is acknowledged.
 ``SAMPLE_DELAY``
-    optional seconds of simulated work per message (default 0), to watch a stream being
-    processed or interrupted.
+    optional simulated work per message (default 0): seconds (``0.2``) or a duration
+    (``200ms``), to watch a stream being processed or interrupted.
 ``SAMPLE_CONCURRENCY``
-    how many connections consume the queue, each in a thread of its own (default 1); the
-    processor then runs in that many threads at once, so it writes the output file under a
+    how many connections consume the queue, each in a thread of its own (1 to 64, default 1);
+    the processor then runs in that many threads at once, so it writes the output file under a
     lock.
+
+An invalid ``SAMPLE_DELAY`` or ``SAMPLE_CONCURRENCY`` stops the start with one line naming it
+(exit status 2).
 
 Each message is logged with its correlation id (the ``X-Correlation-Id`` header, or a new
 one). The default HTTP component serves ``/ready`` (ready once every connection subscribed),
@@ -39,8 +42,9 @@ import threading
 import time
 from typing import TextIO
 
-from patron import Service
+from patron import ConfigError, Service
 from patron.amqp import AMQPConsumer, AMQPMessage, QueueDeclaration
+from patron.config import parse_duration
 from patron.messaging import per_message
 
 __all__ = ["service"]
@@ -52,13 +56,36 @@ def _line(body: bytes) -> str:
     return body.decode("utf-8", "backslashreplace").replace("\n", "\\n")
 
 
+#: more pollers than this would only wait on one another in one process
+MAX_CONCURRENCY = 64
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
+                          f"from 1 to {MAX_CONCURRENCY}")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(f"SAMPLE_DELAY={text!r} is invalid: expected a duration of at least 0 "
+                          "such as 0.2, 200ms or 1s") from None
+
+
 def service() -> Service:
     """The sample Service, configured from the environment when it is called."""
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     queue = os.environ.get("AMQP_QUEUE", "patron-sample")
     path = os.environ.get("SAMPLE_OUTPUT")
-    delay = float(os.environ.get("SAMPLE_DELAY") or 0)
-    concurrency = int(os.environ.get("SAMPLE_CONCURRENCY") or 1)
+    delay = _delay(os.environ.get("SAMPLE_DELAY") or "0")
+    concurrency = _concurrency(os.environ.get("SAMPLE_CONCURRENCY") or "1")
     output: TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
     lock = threading.Lock()  # with concurrency above 1, handle runs in several threads at once
 

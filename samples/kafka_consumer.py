@@ -18,7 +18,10 @@ Run it with ``python -m patron samples.kafka_consumer``. Configuration (environm
     long the group waits for a killed instance before giving its partitions to another
 ``SAMPLE_CONCURRENCY``
     optional, how many members of the group this instance runs, each in a thread of its own
-    (default ``1``); the output file is written under a lock, so the lines stay whole
+    (1 to 64, default ``1``); the output file is written under a lock, so the lines stay whole
+
+An invalid ``KAFKA_SESSION_TIMEOUT`` or ``SAMPLE_CONCURRENCY`` stops the start with one line
+naming it (exit status 2).
 
 Every message is logged with its correlation id (``X-Correlation-Id`` header, or a new one).
 The default HTTP component serves ``/ready``, ``/alive`` and ``/metrics`` on
@@ -83,14 +86,18 @@ def _session_timeout(text: str) -> float:
     return seconds
 
 
+#: more members than this would only wait on one another in one process
+MAX_CONCURRENCY = 64
+
+
 def _concurrency(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if not 1 <= value <= MAX_CONCURRENCY:
         raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
-                          "of at least 1")
+                          f"from 1 to {MAX_CONCURRENCY}")
     return value
 
 

@@ -15,10 +15,15 @@ Run it with ``python -m patron samples.sqs_consumer``. Configuration, from the e
     When set, each message body is appended to this file as one line (line breaks in a body
     are written as ``\\n``).
 ``SAMPLE_DELAY``
-    Seconds of pretend work per message (default 0), to watch a stop in the middle of a batch.
+    Pretend work per message (default 0), in seconds (``0.2``) or as a duration (``200ms``), to
+    watch a stop in the middle of a batch.
 ``SAMPLE_CONCURRENCY``
-    Pollers receiving and processing in threads of their own (default 1): the consumer's
-    ``concurrency``. The handler is thread-safe (output lines are written under a lock).
+    Pollers receiving and processing in threads of their own (1 to 64, default 1): the
+    consumer's ``concurrency``. The handler is thread-safe (output lines are written under a
+    lock).
+
+An invalid ``SAMPLE_DELAY`` or ``SAMPLE_CONCURRENCY`` stops the start with one line naming it
+(exit status 2), before anything is asked of SQS.
 
 Plus the usual ``PATRON_*`` variables (``PATRON_HTTP_DEFAULT_PORT`` for ``/ready``,
 ``/metrics``...). Try it against moto, in three shells::
@@ -42,13 +47,37 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
-from patron import Service
+from patron import ConfigError, Service
+from patron.config import parse_duration
 from patron.messaging import per_message
 from patron.sqs import SQSConsumer, SQSMessage
 
 __all__ = ["service"]
 
 logger = logging.getLogger("samples.sqs_consumer")
+
+
+#: more pollers than this would only wait on one another in one process
+MAX_CONCURRENCY = 64
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
+                          f"from 1 to {MAX_CONCURRENCY}")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(f"SAMPLE_DELAY={text!r} is invalid: expected a duration of at least 0 "
+                          "such as 0.2, 200ms or 1s") from None
 
 
 def _ensure_queue(endpoint: str | None, name: str) -> None:
@@ -65,8 +94,8 @@ def service() -> Service:
     endpoint = os.environ.get("SQS_ENDPOINT_URL") or None
     queue = os.environ.get("SQS_QUEUE") or "patron-sample"
     output = os.environ.get("SAMPLE_OUTPUT") or None
-    delay = float(os.environ.get("SAMPLE_DELAY") or 0)
-    concurrency = int(os.environ.get("SAMPLE_CONCURRENCY") or 1)
+    delay = _delay(os.environ.get("SAMPLE_DELAY") or "0")
+    concurrency = _concurrency(os.environ.get("SAMPLE_CONCURRENCY") or "1")
     # With several pollers the handler runs in several threads: one line at a time.
     output_lock = threading.Lock()
 

@@ -72,6 +72,8 @@ def test_every_variable_is_read() -> None:
         "PATRON_SHUTDOWN_TIMEOUT": "10s",
         "PATRON_DRAIN_DELAY": "3s",
         "PATRON_PROFILING": "off",
+        "PATRON_HTTP_MAX_CONNECTIONS": "50",
+        "PATRON_GRPC_PORT": "6000",
     })
     assert config == Config(
         http_default_port=8080, http_read_timeout=5.0, http_write_timeout=60.0,
@@ -79,7 +81,8 @@ def test_every_variable_is_read() -> None:
         http_max_header_size=2048, http_status_error_logging=parse_status_codes("404"),
         log_level="DEBUG", log_format="json", jaeger_agent_host="jaeger",
         jaeger_agent_port=6832, jaeger_sampler_type="const", jaeger_sampler_param=1.0,
-        shutdown_timeout=10.0, drain_delay=3.0, profiling=False,
+        shutdown_timeout=10.0, drain_delay=3.0, profiling="off", http_max_connections=50,
+        grpc_port=6000,
     )
 
 
@@ -100,8 +103,16 @@ def test_empty_values_mean_default() -> None:
         ("PATRON_JAEGER_SAMPLER_PARAM", "-1", "number"),
         ("PATRON_JAEGER_SAMPLER_PARAM", "1.5", "0.0 to 1.0"),
         ("PATRON_HTTP_STATUS_ERROR_LOGGING", "5xx", "ranges"),
-        ("PATRON_PROFILING", "maybe", "true or false"),
+        ("PATRON_PROFILING", "maybe", "loopback"),
         ("PATRON_DRAIN_DELAY", "-1s", "duration"),
+        # A value that cannot work is refused rather than half-honoured.
+        ("PATRON_HTTP_READ_TIMEOUT", "0", "above 0"),
+        ("PATRON_HTTP_IDLE_TIMEOUT", "0s", "above 0"),
+        ("PATRON_HTTP_WRITE_TIMEOUT", "0ms", "above 0"),
+        ("PATRON_SHUTDOWN_TIMEOUT", "0", "above 0"),
+        ("PATRON_HTTP_THREADS", "20000", "1 to 1024"),
+        ("PATRON_HTTP_MAX_HEADER_SIZE", "1", "1024 to 1048576"),
+        ("PATRON_HTTP_MAX_CONNECTIONS", "1", "2 to 100000"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_accepted(
@@ -119,3 +130,18 @@ def test_const_sampler_needs_zero_or_one() -> None:
         Config.from_env(
             {"PATRON_JAEGER_SAMPLER_TYPE": "const", "PATRON_JAEGER_SAMPLER_PARAM": "0.5"}
         )
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    ("loopback", "loopback"), ("LOOPBACK", "loopback"), ("on", "on"), ("true", "on"),
+    ("1", "on"), ("off", "off"), ("false", "off"), ("no", "off"),
+])
+def test_profiling_is_off_loopback_only_or_on(value: str, mode: str) -> None:
+    assert Config.from_env({"PATRON_PROFILING": value}).profiling == mode
+    assert Config().profiling == "loopback"
+
+
+def test_sub_second_durations_are_kept_exactly() -> None:
+    config = Config.from_env({"PATRON_HTTP_IDLE_TIMEOUT": "500ms",
+                              "PATRON_HTTP_READ_TIMEOUT": "1.5s"})
+    assert (config.http_idle_timeout, config.http_read_timeout) == (0.5, 1.5)

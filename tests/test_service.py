@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,8 +83,7 @@ def test_failure_stops_the_others_and_names_the_component(
     assert service.wait(10) == EXIT_FAILURE
     assert survivor.stopped.is_set()
     failure = [r for r in records.records if "component failing failed" in r.getMessage()]
-    assert failure and failure[0].exc_info is not None
-    assert "RuntimeError" in failure[0].getMessage()
+    assert failure and "RuntimeError: disk on fire" in failure[0].getMessage()
     assert any("responsible: failing" in r.getMessage() for r in records.records)
 
 
@@ -264,3 +264,143 @@ def test_no_component_package_imports_the_service() -> None:
         if any(name.split(".")[:2] == ["patron", "service"] for name in _imported(node))
     )
     assert offenders == []
+
+
+class _BrokenStream(logging.Handler):
+    """A handler whose stream went away: flushing it raises (a closed stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def flush(self) -> None:
+        raise ValueError("I/O operation on closed file")
+
+
+def test_wait_returns_even_when_the_shutdown_itself_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_close(timeout: float) -> bool:
+        raise RuntimeError("tracer gone")
+
+    broken = _BrokenStream()
+    logging.getLogger().addHandler(broken)
+    try:
+        service = make(Blocking()).start()
+        service.stop()
+        assert service.wait(10) == EXIT_OK  # the flush failing is no reason to fail
+        monkeypatch.setattr("patron.tracing.close", broken_close)
+        service = make(Blocking()).start()
+        service.stop()
+        assert service.wait(10) == EXIT_FAILURE  # the shutdown failed, and wait() says so
+    finally:
+        logging.getLogger().removeHandler(broken)
+
+
+def test_a_failing_component_is_one_error_line_with_the_traceback_at_debug(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="patron.service")
+    release = threading.Event()
+    release.set()
+    service = make(Failing(release)).start()
+    assert service.wait(10) == EXIT_FAILURE
+    errors = [r for r in caplog.records if r.name == "patron.service"
+              and r.levelno == logging.ERROR and "component failing failed" in r.getMessage()]
+    assert [r.getMessage() for r in errors] == [
+        "component failing failed: RuntimeError: disk on fire"]
+    assert errors[0].exc_info is None
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert debug and "disk on fire" in str(debug[0].exc_info[1])
+
+
+class Flaky:
+    """A component whose readiness probe raises until told otherwise."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def run(self, stop: threading.Event) -> None:
+        stop.wait()
+
+    def ready(self) -> bool:
+        if self.broken:
+            raise ConnectionError("probe lost its connection")
+        return True
+
+
+def test_a_failing_probe_is_logged_when_it_starts_and_stops_failing(
+        records: pytest.LogCaptureFixture) -> None:
+    flaky = Flaky()
+    service = make(flaky).start()
+    try:
+        wait_for_probe = [service.ready() for _ in range(20)]  # the kubelet's rate
+        assert wait_for_probe == [False] * 20
+        flaky.broken = False
+        assert service.ready() and service.ready()
+    finally:
+        service.stop()
+        service.wait(10)
+    messages = [r.getMessage() for r in records.records if "probe of component flaky" in
+                r.getMessage()]
+    assert len(messages) == 2, messages
+    assert "raised ConnectionError" in messages[0] and "answers again" in messages[1]
+
+
+class Deadlined(Blocking):
+    """Records the deadline stop_by() gave it, and whether its stop event was already set."""
+
+    def __init__(self, name: str, raises: bool = False, stop_last: bool = False) -> None:
+        super().__init__(name)
+        self.raises = raises
+        self.stop_last = stop_last
+        self.deadline: float | None = None
+        self.stopped_before_deadline: bool | None = None
+        self._stop: threading.Event | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        super().run(stop)
+
+    def stop_by(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.stopped_before_deadline = self._stop is not None and self._stop.is_set()
+        if self.raises:
+            raise RuntimeError("cannot bound my stop")
+
+
+def test_every_component_learns_the_shutdown_deadline_before_it_is_stopped() -> None:
+    first, raising, last = Deadlined("a"), Deadlined("b", raises=True), Deadlined("c",
+                                                                                 stop_last=True)
+    service = make(first, raising, last, config=Config(shutdown_timeout=3.0, drain_delay=0.0))
+    service.start()
+    assert first.started.wait(5) and raising.started.wait(5) and last.started.wait(5)
+    asked = time.monotonic()
+    service.stop()
+    assert service.wait(10) == EXIT_OK  # a stop_by that raises does not keep it from stopping
+    assert raising.stopped.is_set()
+    for component in (first, raising, last):
+        assert component.stopped_before_deadline is False  # told the deadline, then stopped
+        assert component.deadline is not None and asked < component.deadline <= asked + 3.5
+    assert first.deadline == raising.deadline  # one budget for all
+    assert last.deadline is not None and last.deadline >= first.deadline  # its own, after
+
+
+def test_the_span_flush_gets_what_is_left_of_the_budget_but_at_least_half_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    flushes: list[float] = []
+
+    def close(timeout: float) -> bool:
+        flushes.append(timeout)
+        return True
+
+    monkeypatch.setattr("patron.tracing.close", close)
+    stubborn = Stubborn()
+    service = make(stubborn, config=Config(shutdown_timeout=0.3)).start()
+    service.stop()
+    assert service.wait(10) == EXIT_TIMEOUT  # it used up the whole budget
+    stubborn.release.set()
+    assert flushes == [0.5]  # not the 5 s it gets when there is time left
+    service = make(Blocking(), config=Config(shutdown_timeout=20.0)).start()
+    service.stop()
+    assert service.wait(10) == EXIT_OK
+    assert flushes[1] == 5.0

@@ -5,16 +5,19 @@ Nothing here opens a connection or keeps state; every function runs in its calle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import pika
 from pika import exceptions as pika_errors
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-__all__ = ["CONNECT_ERRORS", "describe", "parameters", "redact"]
+__all__ = ["CONNECT_ERRORS", "Stalled", "cut_off", "describe", "is_refused_login", "parameters",
+           "redact"]
 
 #: what opening a ``BlockingConnection`` raises when the broker cannot be had: an AMQP handshake
 #: that got no answer (``AMQPConnectorStackTimeout``) is no ``AMQPError``
@@ -26,6 +29,37 @@ CONNECT_ERRORS = (pika_errors.AMQPError, AMQPConnectorException, OSError)
 _pika_logger = logging.getLogger("pika")
 if _pika_logger.level == logging.NOTSET:
     _pika_logger.setLevel(logging.CRITICAL)
+
+
+class Stalled(pika_errors.AMQPConnectionError):
+    """The connection was dropped because a call on it was still waiting at its deadline."""
+
+
+@contextlib.contextmanager
+def cut_off(connection: Any, seconds: float) -> Iterator[None]:
+    """Drop ``connection`` (a ``BlockingConnection``) if the block still waits on it after
+    ``seconds``: the call waiting then raises :class:`Stalled`.
+
+    pika's blocking calls take no timeout. Its blocking adapter runs timers only inside its own
+    I/O loop, which is where a call waiting for the broker waits; the timer ends the wait the
+    way a missed heartbeat would. Runs in the connection's thread, like every use of it.
+    """
+    impl = connection._impl
+    timer = impl._adapter_call_later(max(0.0, seconds),
+                                     lambda: impl._terminate_stream(Stalled()))
+    try:
+        yield
+    finally:
+        impl._adapter_remove_timeout(timer)
+
+
+def is_refused_login(exc: BaseException) -> bool:
+    """Whether opening a connection failed because the broker refused the login (wrong user or
+    password) or the virtual host (unknown, or not permitted to the user); a virtual host that
+    is merely down on the node (it restarts) is not."""
+    if isinstance(exc, pika_errors.ProbableAuthenticationError):
+        return True
+    return isinstance(exc, pika_errors.ProbableAccessDeniedError) and "is down" not in str(exc)
 
 
 def redact(url: str) -> str:

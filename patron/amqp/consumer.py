@@ -41,7 +41,10 @@ Heartbeats and processing time
 Stop
     On stop the batch in hand is finished and acked, then the consumer is cancelled, every
     message prefetched but not processed is handed back at once (``basic_nack`` with requeue),
-    and the channel and connection are closed.
+    and the channel and connection are closed. With a stop deadline (the Service's shutdown
+    budget) a broker that does not answer the closing by then gets the connection dropped: it
+    requeues whatever was not acked itself. Opening a connection is bounded by
+    ``connect_timeout`` only.
 
 Metrics
     ``component_amqp_message_counter{queue, state, hasError}`` counts messages ``FETCHED``,
@@ -54,6 +57,7 @@ Metrics
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -66,7 +70,15 @@ import pika
 from pika import exceptions as pika_errors
 
 from patron import metrics
-from patron.amqp._client import CONNECT_ERRORS, describe, parameters, redact
+from patron.amqp._client import (
+    CONNECT_ERRORS,
+    Stalled,
+    cut_off,
+    describe,
+    is_refused_login,
+    parameters,
+    redact,
+)
 from patron.messaging import (
     Batch,
     ConnectionRetry,
@@ -183,11 +195,13 @@ class AMQPConsumer(Consumer):
     with ``hasError="true"``) or ``nack`` (handed back: requeued when ``requeue``, else
     dead-lettered by the queue's ``x-dead-letter-exchange``, or dropped without one);
     ``connection_retry`` reconnects and resubscribes after a failure (broker unreachable,
-    wrong credentials, connection closed), ``connect_timeout`` bounding each attempt;
-    ``concurrency`` connections consume in as many threads; the queue's size is read every
-    ``stats_interval`` s; ``name`` (default ``amqp-<queue>``) names the component. A missing
-    queue (without ``declare``), a queue the user may not read, or a declaration that
-    conflicts with the broker's fails at once with :class:`patron.messaging.PermanentError`.
+    connection closed), ``connect_timeout`` bounding each attempt; ``concurrency`` connections
+    consume in as many threads; the queue's size is read every ``stats_interval`` s; ``name``
+    (default ``amqp-<queue>``) names the component. A missing queue (without ``declare``), a
+    queue the user may not read, a declaration that conflicts with the broker's, and a login
+    or virtual host the broker refuses before the consumer ever subscribed (wrong user or
+    password, unknown virtual host, no permission on it) fail at once with
+    :class:`patron.messaging.PermanentError`; a login refused after that is retried.
 
     AMQP's own: ``prefetch`` is the number of unacked messages the broker may push ahead per
     connection (``basic_qos``); it defaults to ``max(10, 2 * batch_size)`` and must be at least
@@ -326,6 +340,13 @@ class _AmqpTransport(TransportBase):
         try:
             self._connection = pika.BlockingConnection(self.params)
         except CONNECT_ERRORS as exc:
+            if is_refused_login(exc) and not self.has_connected:
+                # Wrong credentials or virtual host: retrying cannot help. Once the consumer
+                # ran, the same refusal is retried: a password being rotated, a virtual host
+                # being recreated, may come right within the retries.
+                raise PermanentError(
+                    f"{self.name}: cannot connect to {self.url}: {describe(exc)}"
+                ) from exc
             raise ConnectionError(f"cannot connect to {self.url}: {describe(exc)}") from exc
         try:
             self._channel = self._connection.channel()
@@ -441,28 +462,45 @@ class _AmqpTransport(TransportBase):
         if connection is None:
             self._buffer.clear()
             return
-        held = 0
-        try:
-            if channel is not None and channel.is_open:
-                if self._deferred_since:
-                    self._send_acks(channel)
-                connection.process_data_events(time_limit=0)  # count what already arrived
-                held = len(self._buffer)
-                if tag is not None:
-                    channel.basic_cancel(tag)  # no more deliveries; rejects in-flight ones
-                # Everything delivered and not settled goes back now, not at connection close.
-                channel.basic_nack(0, multiple=True, requeue=True)
-                if held:
-                    logger.info("%s: gave back %d prefetched message(s)", self.name, held)
-                channel.close()
-        except Exception as exc:  # a broken connection requeues everything anyway
-            logger.debug("%s: closing the channel: %s", self.name, describe(exc))
-        self._buffer.clear()
-        try:
-            if connection.is_open:
-                connection.close()
-        except Exception as exc:
-            logger.debug("%s: closing the connection: %s", self.name, describe(exc))
+        left = self.time_left()
+        unacked = self._settled_tag - self._acked_tag  # processed, their ack not sent yet
+        # With a stop deadline, a broker that does not answer the closing by then gets the
+        # connection dropped (the call waiting raises Stalled); it requeues what was not acked.
+        # A connection already gone has nothing left to wait for (and no timers to set).
+        bound: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if left is not None and connection.is_open:
+            bound = cut_off(connection, left)
+        with bound:
+            try:
+                self._close_channel(connection, channel, tag)
+            except Stalled:
+                logger.warning("%s: closing was cut off at the stop deadline; the broker "
+                               "redelivers what was not acknowledged (up to %d processed "
+                               "message(s) among it)", self.name, unacked)
+            except Exception as exc:  # a broken connection requeues everything anyway
+                logger.debug("%s: closing the channel: %s", self.name, describe(exc))
+            self._buffer.clear()
+            try:
+                if connection.is_open:
+                    connection.close()
+            except Exception as exc:
+                logger.debug("%s: closing the connection: %s", self.name, describe(exc))
+
+    def _close_channel(self, connection: Any, channel: Any, tag: str | None) -> None:
+        """Send the waiting acks, cancel the consumer, give back the prefetched, close."""
+        if channel is None or not channel.is_open:
+            return
+        if self._deferred_since:
+            self._send_acks(channel)
+        connection.process_data_events(time_limit=0)  # count what already arrived
+        held = len(self._buffer)
+        if tag is not None:
+            channel.basic_cancel(tag)  # no more deliveries; rejects in-flight ones
+        # Everything delivered and not settled goes back now, not at connection close.
+        channel.basic_nack(0, multiple=True, requeue=True)
+        if held:
+            logger.info("%s: gave back %d prefetched message(s)", self.name, held)
+        channel.close()
 
     # -- internals ---------------------------------------------------------------------------
 

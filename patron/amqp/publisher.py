@@ -46,7 +46,7 @@ import pika
 from pika import exceptions as pika_errors
 
 from patron import messaging, metrics
-from patron.amqp._client import CONNECT_ERRORS, describe, parameters, redact
+from patron.amqp._client import CONNECT_ERRORS, Stalled, cut_off, describe, parameters, redact
 from patron.messaging._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT
 from patron.messaging._publisher import Publisher
 
@@ -67,10 +67,6 @@ T = TypeVar("T")
 
 class PublishError(messaging.PublishError):
     """The message was not published (or its confirm never came); ``str()`` says why."""
-
-
-class _Stalled(pika_errors.AMQPConnectionError):
-    """The connection was dropped because a publish reached its deadline."""
 
 
 class AMQPPublisher(Publisher):
@@ -192,7 +188,7 @@ class AMQPPublisher(Publisher):
                 raise PublishError(
                     f"cannot publish to exchange {exchange!r}: {describe(exc)}"
                 ) from exc
-            except _Stalled:
+            except Stalled:
                 self._reset(close=True)
                 raise PublishError(
                     f"publishing to exchange {exchange!r} timed out after "
@@ -211,22 +207,16 @@ class AMQPPublisher(Publisher):
 
     def _bounded(self, deadline: float, call: Callable[[], T]) -> T:
         """Run ``call`` on the connection, dropping the connection if it is still running at
-        ``deadline``; ``call`` then raises :class:`_Stalled`."""
+        ``deadline``; ``call`` then raises :class:`Stalled`."""
         left = deadline - time.monotonic()
         if left <= 0:  # nothing was sent: the connection stays as it is
             raise PublishError(f"publishing timed out after {self.publish_timeout:g}s")
-        # pika's blocking adapter runs timers only inside its own I/O loop, which is where a
-        # stalled publish waits; this one ends the wait the way a missed heartbeat would.
-        impl = self._connection._impl
-        timer = impl._adapter_call_later(left, lambda: impl._terminate_stream(_Stalled()))
-        try:
+        with cut_off(self._connection, left):
             return call()
-        finally:
-            impl._adapter_remove_timeout(timer)
 
     def _ensure_channel(self, deadline: float) -> Any:
         """The channel to publish on, opened (with its connection) when needed, by
-        ``deadline``; raises :class:`PublishError`, or :class:`_Stalled` at the deadline."""
+        ``deadline``; raises :class:`PublishError`, or :class:`Stalled` at the deadline."""
         if self._connection is not None:
             try:
                 # Reads whatever the broker sent while we were idle: a Connection.Close raises
@@ -251,7 +241,7 @@ class AMQPPublisher(Publisher):
         if self._channel is None or not self._channel.is_open:
             try:
                 channel = self._bounded(deadline, self._open_channel)
-            except _Stalled:
+            except Stalled:
                 raise
             except (pika_errors.AMQPError, OSError) as exc:
                 self._reset(close=True)

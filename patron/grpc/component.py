@@ -10,7 +10,8 @@ Threads
 Stop
     When ``stop`` is set: the health service answers NOT_SERVING for good, the server stops
     accepting RPCs (new calls get UNAVAILABLE), open health ``Watch`` streams end, in-flight RPCs
-    get ``grace`` seconds (default 10) to finish, then grpcio cancels what is
+    get ``grace`` seconds (default 10, and never past the Service's shutdown deadline, see
+    :meth:`GRPCComponent.stop_by`) to finish, then grpcio cancels what is
     left (the client sees UNAVAILABLE and ``context.is_active()`` turns false); ``run`` returns
     once every handler has returned. A handler that ignores cancellation keeps its worker
     thread, and the Service names the component as not stopped at its shutdown timeout: long
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
@@ -41,6 +43,7 @@ __all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "DEFAULT_MAX_WORKERS", "GRPCComponent",
 logger = logging.getLogger("patron.grpc")
 
 DEFAULT_MAX_WORKERS = 10
+_STOP_MARGIN = 0.5  # seconds kept from the grace for cancelling and joining the handlers
 DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024  # grpcio's own default, made explicit
 
 Servicer = tuple[Callable[[Any, Any], None], object]
@@ -164,6 +167,7 @@ class GRPCComponent:
         self._started = threading.Event()
         self._health: Health | None = None
         self._port: int | None = None
+        self._deadline: float | None = None
 
     # -- composition -------------------------------------------------------------------------
 
@@ -270,11 +274,19 @@ class GRPCComponent:
             raise RuntimeError(f"grpc component {self.name!r} cannot listen on {address}")
         return int(port)
 
+    def stop_by(self, deadline: float) -> None:
+        """The Service's shutdown deadline (``time.monotonic()``): in-flight RPCs get no more
+        than what is left of it, so the gRPC component never makes the service overrun."""
+        self._deadline = deadline
+
     def _stop(self, server: grpc.Server, health: Health, pool: futures.ThreadPoolExecutor) -> None:
         health.shutdown()
+        grace = self._grace
+        if self._deadline is not None:  # a margin for cancelling and joining the handlers
+            grace = max(0.0, min(grace, self._deadline - time.monotonic() - _STOP_MARGIN))
         logger.info("gRPC component %s stopping; in-flight RPCs have %.1fs to finish",
-                    self.name, self._grace)
-        stopped = server.stop(self._grace)
+                    self.name, grace)
+        stopped = server.stop(grace)
         health.close_watches()
         stopped.wait()
         pool.shutdown(wait=True)  # the handlers grpcio cancelled at the grace deadline return

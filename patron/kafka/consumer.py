@@ -8,7 +8,9 @@ Threads
     N members each in a thread of its own): ``consume()``, the processor, storing offsets, and
     the rebalance callbacks (librdkafka calls them from inside ``consume()``), so a rebalance
     never interrupts a processor and a batch is always settled before the next fetch can move
-    partitions away.
+    partitions away. Only librdkafka's ``close()`` runs in a thread of its own
+    (``patron-<name>-close``, see "Stop deadline"), while the member's thread waits for it and
+    touches the client no more; the revocation it reports runs there.
 
 Offsets (at-least-once)
     After the processor returned for a batch, the offsets of the messages it finished are
@@ -22,10 +24,20 @@ Offsets (at-least-once)
     which commits and leaves the group (a static member, see ``instance_id``, keeps its
     partitions until its session times out, so that a restart gets them back without a
     rebalance). With ``concurrency`` above 1 the members leave together: each commits first
-    and waits (at most ``session_timeout``) until the others did, because the first member to
-    leave starts a rebalance during which a coordinator may refuse the others' commits
-    (librdkafka's mock cluster does). A process killed outright loses at most
-    ``commit_interval`` of commits: those messages are processed again.
+    (asynchronously, then waits until the coordinator confirms it) and waits until the others
+    did, because the first member to leave starts a rebalance during which a coordinator may
+    refuse the others' commits (librdkafka's mock cluster does). A process killed outright
+    loses at most ``commit_interval`` of commits: those messages are processed again.
+
+Stop deadline
+    Under a Service the stop has a deadline (what is left of the shutdown budget, see
+    :meth:`patron.messaging._consumer.Consumer.stop_by`). The commit before leaving and the
+    wait for the other members give up at it (and at ``session_timeout`` at the latest).
+    librdkafka's ``close()`` takes no timeout, and waits up to a session timeout for the final
+    commit when no coordinator answers: it runs in a thread of its own, and when it has not
+    returned by the deadline it is left to finish in the background (logged); offsets it did
+    not commit are processed again by the next owner. Without a deadline (a consumer run
+    outside a Service) it is waited for.
 
 Session timeouts
     A member that dies without leaving (SIGKILL, a lost host) keeps its partitions until
@@ -33,7 +45,7 @@ Session timeouts
     rejoin. The default of 10 s (Kafka's own is 45 s) keeps that recovery around 10-15 s; brokers
     accept 6 s at least unless ``group.min.session.timeout.ms`` says otherwise. Heartbeats go
     every ``session_timeout / 3``. Closing while every broker is gone waits up to one session
-    timeout for the final commit, so keep it below the Service's shutdown timeout.
+    timeout for the final commit (bounded by the stop deadline, see below).
 
 Broker outages
     librdkafka reconnects by itself. When every broker stays down for ``connect_timeout``, the
@@ -116,6 +128,12 @@ _AT_LEAST_ONCE_SETTINGS = frozenset({"enable.auto.commit", "enable.auto.offset.s
 AssignCallback = Callable[[Any, list[TopicPartition]], None]
 
 BROKER_PROBE_TIMEOUT = 1.0
+#: seconds between commits of the same offsets while waiting for the coordinator to confirm them
+_RECOMMIT_INTERVAL = 1.0
+#: seconds between reads of the committed offsets while the commit is not confirmed yet
+_COMMITTED_POLL = 0.1
+#: seconds between looks at the stop deadline while librdkafka closes
+_CLOSE_SLICE = 0.1
 
 
 class KafkaMessage(Message):
@@ -227,6 +245,7 @@ class KafkaConsumer(ConsumerComponent):
         self._check_topics = check_topics
         self._on_assign = on_assign
         self._instance_id = instance_id
+        self._session_timeout = session_timeout
         # Set before super().__init__(), which creates the transports that share it.
         self._leaving = _Leaving(concurrency, session_timeout) if concurrency > 1 else None
         session_ms = int(session_timeout * 1000)
@@ -273,6 +292,7 @@ class KafkaConsumer(ConsumerComponent):
             connect_timeout=self.connect_timeout,
             on_assign=self._on_assign,
             config=config,
+            session_timeout=self._session_timeout,
             leaving=self._leaving,
             index=index,
         )
@@ -293,7 +313,8 @@ class _Leaving:
     refuse the commits of the members still leaving (librdkafka's mock cluster refuses every
     one), which would lose their last offsets on a clean stop. So on stop each member commits,
     then waits until every member has (at most ``timeout`` s, for a member still finishing a
-    long batch), and only then leaves. Members call it from their own threads.
+    long batch, and no longer than the stop deadline allows), and only then leaves. Members
+    call it from their own threads.
     """
 
     def __init__(self, members: int, timeout: float) -> None:
@@ -314,16 +335,17 @@ class _Leaving:
         stop = self._stop
         return stop is not None and stop.is_set()
 
-    def arrive(self, index: int, wait: bool) -> bool:
+    def arrive(self, index: int, wait: bool, left: float | None = None) -> bool:
         """Member ``index`` committed (or has nothing to commit); with ``wait``, return once
-        every member has (True), or ``timeout`` passed (False). A member counts once per run."""
+        every member has (True), or ``timeout`` passed, or ``left`` seconds (the time left
+        before the stop deadline; None: no deadline) (False). A member counts once per run."""
+        timeout = self._timeout if left is None else min(self._timeout, left)
         with self._cond:
             self._arrived.add(index)
             self._cond.notify_all()
             if not wait:
                 return True
-            return self._cond.wait_for(lambda: len(self._arrived) >= self._members,
-                                       self._timeout)
+            return self._cond.wait_for(lambda: len(self._arrived) >= self._members, timeout)
 
 
 class _KafkaTransport(TransportBase):
@@ -342,10 +364,12 @@ class _KafkaTransport(TransportBase):
         connect_timeout: float,
         on_assign: AssignCallback | None,
         config: dict[str, Any],
+        session_timeout: float = 10.0,
         leaving: _Leaving | None = None,
         index: int = 0,
     ) -> None:
         self.name = name
+        self.session_timeout = session_timeout
         self.leaving = leaving
         self.index = index
         self.brokers = brokers
@@ -499,12 +523,17 @@ class _KafkaTransport(TransportBase):
             gauge.set(max(0, high - offset))
 
     def close(self) -> None:
-        if self.consumer is not None:
+        consumer = self.consumer
+        stored: list[TopicPartition] = []
+        if consumer is not None:
             try:
                 self.probe()
             except Exception:  # metrics must not stand in the way of leaving the group
                 logger.debug("%s: lag update failed", self.name, exc_info=True)
-        consumer, self.consumer = self.consumer, None
+            stored = [TopicPartition(topic, partition, offset)
+                      for (topic, partition), offset in self._next_offsets.items()
+                      if (topic, partition) in self._partitions]
+        self.consumer = None
         self._partitions.clear()
         self._next_offsets.clear()
         leaving = self.leaving if self.leaving is not None and self.leaving.stopping() else None
@@ -513,24 +542,77 @@ class _KafkaTransport(TransportBase):
                 leaving.arrive(self.index, wait=False)
             return
         if leaving is not None:
-            self._commit_stored(consumer)
-            if not leaving.arrive(self.index, wait=True):
+            self._commit_stored(consumer, stored)
+            if not leaving.arrive(self.index, wait=True, left=self.time_left()):
                 logger.warning("%s: leaving the group before every member committed", self.name)
-        try:
-            consumer.close()  # leaves the group (a static member stays until its session ends)
-        except Exception:
-            logger.warning("%s: closing the Kafka client failed", self.name, exc_info=True)
+        self._close_client(consumer)
 
-    def _commit_stored(self, consumer: Any) -> None:
-        """Commit the stored offsets now, while still a member (see :class:`_Leaving`)."""
-        if self._down_since:  # no broker to commit to: close() tries once more anyway
+    def _commit_stored(self, consumer: Any, stored: list[TopicPartition]) -> None:
+        """Commit the stored offsets now, while still a member (see :class:`_Leaving`), and wait
+        until the coordinator has them, at most until the stop deadline or ``session_timeout``.
+
+        ``commit(asynchronous=False)`` would wait as long as librdkafka's request timeout
+        allows; this commits asynchronously (again every second, in case the coordinator
+        refused it) and reads the committed offsets back, each read bounded by the time left.
+        """
+        if self._down_since or not stored:  # no broker to commit to, or nothing to commit
             return
-        try:
-            consumer.commit(asynchronous=False)  # the stored offsets, as close() would
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: all committed
-                logger.warning("%s: commit before leaving the group failed: %s", self.name,
-                               _client.describe(exc))
+        left = self.time_left()
+        bound = self.session_timeout if left is None else min(self.session_timeout, left)
+        deadline = time.monotonic() + bound
+        wanted = {(tp.topic, tp.partition): tp.offset for tp in stored}
+        next_commit = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                logger.warning("%s: the commit before leaving the group was not confirmed "
+                               "within %.1fs", self.name, bound)
+                return
+            try:
+                if now >= next_commit:  # what is stored for the assignment, as close() would
+                    consumer.commit(asynchronous=True)
+                    next_commit = now + _RECOMMIT_INTERVAL
+                committed = consumer.committed(stored, timeout=max(0.001, deadline - now))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._TIMED_OUT:
+                    logger.warning("%s: commit before leaving the group failed: %s", self.name,
+                                   _client.describe(exc))
+                    return
+                continue
+            if all(tp.error is None and tp.offset >= wanted[(tp.topic, tp.partition)]
+                   for tp in committed):
+                return
+            time.sleep(min(_COMMITTED_POLL, max(0.0, deadline - time.monotonic())))
+
+    def _close_client(self, consumer: Any) -> None:
+        """``consumer.close()``: commits the stored offsets and leaves the group. It takes no
+        timeout and waits up to a session timeout for a coordinator that does not answer, so it
+        runs in a thread of its own, which this waits for until the stop deadline (for ever
+        without one); past it, the close is left to finish in the background."""
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                consumer.close()  # leaves the group (a static member stays until its session ends)
+            except Exception as exc:
+                logger.warning("%s: closing the Kafka client failed: %r", self.name, exc)
+                logger.debug("%s: closing the Kafka client failed", self.name, exc_info=True)
+            finally:
+                done.set()
+
+        # A daemon: abandoned past the deadline, it must not hold up the interpreter's exit.
+        threading.Thread(target=close, name=f"patron-{self.name}-close", daemon=True).start()
+        while True:
+            left = self.time_left()  # read again: a stop deadline may come while waiting
+            if done.wait(_CLOSE_SLICE if left is None else min(left, _CLOSE_SLICE)):
+                return
+            if left is not None and self.time_left() == 0:
+                logger.warning(
+                    "%s: the Kafka client did not close by the stop deadline (brokers not "
+                    "answering?); left closing in the background: messages processed since the "
+                    "last commit will be processed again", self.name,
+                )
+                return
 
     # -- callbacks (the member's thread, from inside consume()) ------------------------------
 

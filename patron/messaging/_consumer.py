@@ -47,6 +47,12 @@ class Consumer:
         Every ``stats_interval`` seconds the first loop reads the broker's statistics (a
         queue's size), or every loop when :attr:`_stats_per_loop` says they differ per
         connection (Kafka: each member's own partitions).
+
+    Stop deadline
+        The Service calls :meth:`stop_by` just before it sets ``stop``, with the
+        ``time.monotonic()`` by which :meth:`run` must have returned (what is left of its
+        shutdown budget); each transport bounds the waits of its closing with it. The batch in
+        hand is still finished first: a processor call is never cut short.
     """
 
     #: whether each loop reads statistics of its own (Kafka lag) rather than one for all
@@ -120,6 +126,12 @@ class Consumer:
 
     def _connected(self) -> int:
         return sum(loop.transport.connected for loop in self._loops)
+
+    def stop_by(self, deadline: float) -> None:
+        """Bound the stop about to be asked for by ``deadline`` (``time.monotonic()``); see the
+        class docstring. Called from the Service's supervisor thread; never blocks."""
+        for loop in self._loops:
+            loop.stop_by(deadline)
 
     def ready(self) -> bool:
         """See the class docstring; any thread."""

@@ -36,6 +36,14 @@ Failure
     times in a row, then raises :class:`TransportError`. The count starts again once the
     connection proved to work (an empty fetch, or a batch settled). A :class:`ConsumerError`
     from the transport (:class:`PermanentError`: a missing topic or queue) ends the loop at once.
+    Each connection failure is logged as one WARNING line (the traceback of a transport that
+    fails to close goes to DEBUG): a broker outage is routine, not a bug.
+
+Stop deadline
+    :meth:`ConsumerLoop.stop_by` hands the transport the ``time.monotonic()`` by which the loop
+    must have returned once ``stop`` is set (:attr:`Transport.stop_deadline`); the transport
+    bounds the waits of its closing with it (a last commit, giving messages back, closing the
+    connection) and leaves what it cannot finish to the broker's redelivery.
 """
 
 from __future__ import annotations
@@ -52,7 +60,15 @@ from patron.messaging._errors import ConsumerError, ProcessingError, TransportEr
 from patron.messaging._message import Batch, Message, MessageState, Processor
 from patron.messaging._options import ConnectionRetry, FailureStrategy, Retry
 
-__all__ = ["METRICS_INTERVAL", "ConsumerLoop", "Counts", "Outcome", "Transport", "TransportBase"]
+__all__ = [
+    "METRICS_INTERVAL",
+    "STOP_MARGIN",
+    "ConsumerLoop",
+    "Counts",
+    "Outcome",
+    "Transport",
+    "TransportBase",
+]
 
 logger = logging.getLogger("patron.messaging")
 
@@ -60,6 +76,10 @@ logger = logging.getLogger("patron.messaging")
 #: than the batch: while messages keep coming, the loop hands them over this often (seconds),
 #: and at once when a fetch comes back empty or the transport closes.
 METRICS_INTERVAL = 0.5
+#: seconds a transport keeps free before the stop deadline, for what follows its closing (the
+#: loop and component threads returning, on a busy machine): a component returning right at
+#: the deadline would be reported as not stopping in time
+STOP_MARGIN = 0.25
 
 _PENDING, _ACKED, _NACKED = MessageState.PENDING, MessageState.ACKED, MessageState.NACKED
 
@@ -106,6 +126,9 @@ class Transport(Protocol):
     connected: bool
     #: whether it ever could since it was created: the consumer's readiness
     has_connected: bool
+    #: the ``time.monotonic()`` by which :meth:`close` must have returned when the consumer
+    #: stops (None: no bound); set from another thread, before ``stop`` is set
+    stop_deadline: float | None
 
     def connect(self) -> None:
         """Open the client and subscribe. Called again after :meth:`close` on a retry."""
@@ -138,8 +161,8 @@ class Transport(Protocol):
         ``stats_interval`` seconds between batches."""
 
     def close(self) -> None:
-        """Give back everything fetched but not acknowledged, leave the group, close.
-        Idempotent; must not raise."""
+        """Give back everything fetched but not acknowledged, leave the group, close, by
+        :attr:`stop_deadline` when there is one. Idempotent; must not raise."""
 
 
 class TransportBase:
@@ -149,7 +172,16 @@ class TransportBase:
     idle_pause = 0.0
     failure: BaseException | None = None
     has_connected = False
+    stop_deadline: float | None = None
     _connected = False
+
+    def time_left(self) -> float | None:
+        """Seconds left for closing before :attr:`stop_deadline`, less :data:`STOP_MARGIN` for
+        what follows it (0 once that passed); None without a deadline."""
+        deadline = self.stop_deadline
+        if deadline is None:
+            return None
+        return max(0.0, deadline - STOP_MARGIN - time.monotonic())
 
     @property
     def connected(self) -> bool:
@@ -187,6 +219,7 @@ class ConsumerLoop:
     :meth:`run` blocks in the calling thread until ``stop`` is set, then finishes the batch in
     hand, settles it, closes the transport and returns. It raises :class:`ProcessingError`,
     :class:`TransportError` or :class:`PermanentError`, after closing the transport.
+    :meth:`stop_by` may be called from any thread before ``stop`` is set.
     """
 
     def __init__(
@@ -237,6 +270,11 @@ class ConsumerLoop:
 
     # -- the connection level ----------------------------------------------------------------
 
+    def stop_by(self, deadline: float) -> None:
+        """The stop about to be asked for must be over by ``deadline`` (``time.monotonic()``):
+        the transport bounds its closing with it. Any thread; never blocks."""
+        self.transport.stop_deadline = deadline
+
     def run(self, stop: threading.Event) -> None:
         failures = 0
         transport = self.transport
@@ -276,8 +314,10 @@ class ConsumerLoop:
             self.log.debug("%s: recording message counts failed", self.name, exc_info=True)
         try:
             self.transport.close()
-        except Exception:  # close must not mask the error that brought us here
-            self.log.exception("%s: closing the transport failed", self.name)
+        except Exception as exc:  # close must not mask the error that brought us here
+            # One line: closing after a broken connection failing too is routine.
+            self.log.warning("%s: closing the transport failed: %r", self.name, exc)
+            self.log.debug("%s: closing the transport failed", self.name, exc_info=True)
         self.transport.connected = False
 
     def _consume(self, stop: threading.Event) -> None:

@@ -22,7 +22,9 @@ Receiving
     are handed out first; their visibility timeout runs from the receive, so choose
     ``visibility_timeout`` (``None``: the queue's) longer than ``max_messages`` times the
     processing time of one message. A stop request is noticed between receives, so stopping
-    can take up to ``wait_time`` seconds.
+    can take up to ``wait_time`` seconds. A client made here gives every call ``wait_time``
+    plus 3 seconds to answer (SQS's longest wait, 20 s, plus 3 when ``wait_time`` is None),
+    so a connection that died during a long poll is noticed that soon.
 
 Acknowledgement (at-least-once)
     A message is deleted only after the processor returned for it (or the ``skip`` strategy
@@ -31,9 +33,18 @@ Acknowledgement (at-least-once)
     deletes wait, or (checked as each batch is settled) the oldest has waited a second, and
     always before the transport closes. A delete the service refuses for the message itself
     (its receipt handle expired: it is being delivered again) is logged as an error; any other
-    failed delete is kept and retried with the next batch, and a delete call that fails as a
-    whole is a connection failure (the loop retries; the deletes are tried again as it closes
-    and with the next batch).
+    failed delete is kept and retried with the next batch (logged once when deletes start
+    failing, and once when they go through again), and a delete call that fails as a whole is
+    a connection failure (the loop retries; the deletes are tried again as it closes and with
+    the next batch).
+
+    The processed messages waiting for their delete are bounded: once 300 of them (or two
+    batches, when ``batch_size`` is larger) wait, nothing more is received until deletes go
+    through again. Each receive refused that way is a connection failure: the loop gives the
+    received but unprocessed messages back, waits as ``connection_retry`` says and tries the
+    deletes again, and gives up (``TransportError``) when they keep failing. Nothing processed
+    is lost: a message whose delete never went through is delivered again after its
+    visibility timeout, and the consumer logs how many when it ends.
 
     ``nack()``, and the ``nack`` strategy, set the message's visibility timeout to
     ``nack_delay`` seconds (0: visible again at once); ``nack(requeue=False)`` leaves it
@@ -44,7 +55,11 @@ Stop
     The batch in hand is finished, what was processed is deleted, and every message received
     but not processed is made visible again at once (visibility timeout 0), so another
     consumer gets it without waiting for its timeout. Processed messages whose delete could not
-    be confirmed by then are logged: they will be delivered again.
+    be confirmed by then are logged: they will be delivered again. With a stop deadline (the
+    Service's shutdown budget), calls that would start after it are left out: what was not
+    given back comes back after its visibility timeout, what was not deleted is delivered
+    again. A call already under way is bounded by ``connect_timeout`` and the read timeout
+    only.
 
 Metrics
     ``component_sqs_message_counter{queue, state, hasError}`` counts messages ``FETCHED``
@@ -64,7 +79,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from botocore.config import Config as BotoConfig
@@ -106,6 +121,16 @@ _QUEUE_SIZE = metrics.gauge(
 _SHORT_POLL_PAUSE = 0.5
 #: a processed message waits at most this long (in seconds) for its batched delete
 _DELETE_LINGER = 1.0
+#: processed messages waiting for their delete (at least; two batches when a batch is larger)
+#: beyond which nothing more is received until deletes go through: bounds the memory and the
+#: calls of a consumer whose deletes keep failing
+DELETE_BACKLOG = 300
+#: seconds a call may take beyond its long-poll wait before the connection counts as dead
+_READ_MARGIN = 3
+#: SQS's longest long-poll wait (seconds)
+_MAX_WAIT = 20
+#: message ids named at most in one log line
+_IDS_LOGGED = 10
 _BATCH_MAX = 10  # entries per DeleteMessageBatch / ChangeMessageVisibilityBatch
 _NO_ATTRIBUTES: Mapping[str, str] = {}
 _STATS_ATTRIBUTES = {
@@ -113,6 +138,11 @@ _STATS_ATTRIBUTES = {
     "ApproximateNumberOfMessagesDelayed": "delayed",
     "ApproximateNumberOfMessagesNotVisible": "invisible",
 }
+
+
+class DeletesFailing(Exception):
+    """Too many processed messages wait for a delete that keeps failing: the consumer does not
+    receive more (a connection failure to the loop, retried with its backoff)."""
 
 
 class SQSMessage(Message):
@@ -200,7 +230,8 @@ class SQSConsumer(Consumer):
     (a ``boto3.session.Session``) or from a new session, which reads the usual AWS
     configuration (``AWS_*`` variables, profiles, instance roles), with ``endpoint_url`` and
     ``region`` when given. A client made here does not retry by itself (``connection_retry``
-    is the one retry policy) and gives up connecting after ``connect_timeout``.
+    is the one retry policy), gives up connecting after ``connect_timeout`` and waiting for an
+    answer after ``wait_time`` + 3 s (23 s when ``wait_time`` is None).
     ``owner_account`` names the account owning a queue given by name.
 
     SQS's own: ``max_messages`` per receive (1 to 10), ``wait_time`` (long polling, 0 to 20 s),
@@ -250,7 +281,11 @@ class SQSConsumer(Consumer):
         self._region = region
         self._receiving = dict(owner_account=owner_account, max_messages=max_messages,
                                wait_time=wait_time, visibility_timeout=visibility_timeout,
-                               nack_delay=nack_delay)
+                               nack_delay=nack_delay,
+                               delete_backlog=max(DELETE_BACKLOG, 2 * batch_size))
+        # Longer than any wait the receives ask for: a read taking longer means a dead
+        # connection. Also what a stop may wait for a call in flight.
+        self._read_timeout = (_MAX_WAIT if wait_time is None else wait_time) + _READ_MARGIN
         self._transports: list[_SQSTransport] = []
         super().__init__(
             name=name or f"sqs-{self.queue_name}",
@@ -290,8 +325,8 @@ class SQSConsumer(Consumer):
             client = _client.make_client(
                 client=self._client, session=self._session, endpoint_url=self._endpoint_url,
                 region=self._region, owner=self.name,
-                # Receives long-poll at most 20 s: a read taking 30 s means a dead connection.
-                config=BotoConfig(connect_timeout=self.connect_timeout, read_timeout=30,
+                config=BotoConfig(connect_timeout=self.connect_timeout,
+                                  read_timeout=self._read_timeout,
                                   retries={"mode": "standard", "total_max_attempts": 1}),
             )
         except ValueError as exc:
@@ -310,7 +345,7 @@ class _SQSTransport(TransportBase):
 
     ``held`` maps the receipt handle of every message received and not yet settled (waiting in
     ``buffer`` or handed to the loop) to the message; ``to_delete`` holds the processed ones
-    whose delete is not confirmed yet.
+    whose delete is not confirmed yet: at most about ``delete_backlog`` (see :meth:`fetch`).
     """
 
     def __init__(
@@ -324,6 +359,7 @@ class _SQSTransport(TransportBase):
         wait_time: int | None,
         visibility_timeout: int | None,
         nack_delay: int,
+        delete_backlog: int = DELETE_BACKLOG,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -340,7 +376,10 @@ class _SQSTransport(TransportBase):
         self.buffer: collections.deque[SQSMessage] = collections.deque()
         self.held: dict[str, SQSMessage] = {}
         self.to_delete: dict[str, SQSMessage] = {}
+        self.delete_backlog = delete_backlog
         self._delete_since = 0.0
+        self._delete_failure = ""  # why the last deletes failed; "" while they go through
+        self._open = False  # connected since the last close
         self._age = _MESSAGE_AGE.labels(queue_name)
 
     # -- Transport ---------------------------------------------------------------------------
@@ -359,7 +398,7 @@ class _SQSTransport(TransportBase):
         self._wait = (int(attributes.get("ReceiveMessageWaitTimeSeconds", 0))
                       if self.wait_time is None else self.wait_time)
         self.idle_pause = _SHORT_POLL_PAUSE if self._wait == 0 else 0.0
-        self.connected = self._answered_once = True
+        self.connected = self._answered_once = self._open = True
 
     def _classify(self, exc: Exception) -> Exception:
         """A missing queue, or credentials refused before anything was received, as
@@ -372,9 +411,22 @@ class _SQSTransport(TransportBase):
 
     def fetch(self, max_messages: int, timeout: float, starts_batch: bool) -> Sequence[Message]:
         """A batch's first receive long-polls ``wait_time``; the ones that top a batch up wait
-        what is left of ``timeout``, in whole seconds as SQS counts them (rounded up)."""
+        what is left of ``timeout``, in whole seconds as SQS counts them (rounded up).
+
+        While ``delete_backlog`` processed messages wait for their delete, the deletes are
+        tried first, and when they still fail nothing is received: :class:`DeletesFailing`
+        (a connection failure to the loop, which retries it with backoff).
+        """
         buffer = self.buffer
         if not buffer:
+            if len(self.to_delete) >= self.delete_backlog:
+                self._flush_deletes()
+                if len(self.to_delete) >= self.delete_backlog:
+                    raise DeletesFailing(
+                        f"{self.name}: {len(self.to_delete)} processed message(s) wait for their "
+                        f"delete, which keeps failing ({self._delete_failure}); nothing more is "
+                        "received until deletes go through"
+                    )
             self._receive(self._wait if starts_batch else min(self._wait, math.ceil(timeout)))
         if len(buffer) <= max_messages:
             out = list(buffer)
@@ -424,27 +476,33 @@ class _SQSTransport(TransportBase):
                 _QUEUE_SIZE.labels(self.queue_name, state).set(int(attributes[attribute]))
 
     def close(self) -> None:
+        if not self._open:  # closed since the last connect: the deletes were tried then
+            self.held.clear()
+            self.buffer.clear()
+            return
+        self._open = False
         try:
-            if self.client is None or self.url is None:
-                self.held.clear()
-                self.buffer.clear()
-                return
-            if self.to_delete:
+            if self.to_delete and not self._out_of_time():
                 try:
                     self._flush_deletes()
-                except Exception as exc:
-                    logger.warning("%s: deleting %d processed message(s) failed (%s); "
-                                   "will try again", self.name, len(self.to_delete),
-                                   _client.describe(exc))
+                except Exception as exc:  # logged as the loop's connection failure already
+                    logger.debug("%s: deleting %d processed message(s) failed (%s)", self.name,
+                                 len(self.to_delete), _client.describe(exc))
             held = list(self.held.values())
             self.held.clear()
             self.buffer.clear()
             if held:
                 failed = self._change_visibility(held, 0, "give back")
-                logger.info("%s: gave back %d received but unprocessed message(s)",
-                            self.name, len(held) - len(failed))
-        except Exception:  # close must not raise
-            logger.exception("%s: closing the SQS transport failed", self.name)
+                if len(failed) < len(held):
+                    logger.info("%s: gave back %d received but unprocessed message(s)",
+                                self.name, len(held) - len(failed))
+        except Exception as exc:  # close must not raise
+            logger.warning("%s: closing the SQS transport failed: %r", self.name, exc)
+            logger.debug("%s: closing the SQS transport failed", self.name, exc_info=True)
+
+    def _out_of_time(self) -> bool:
+        """Whether the stop deadline leaves no time for another call."""
+        return self.time_left() == 0
 
     # -- helpers (poller thread) -------------------------------------------------------------
 
@@ -484,10 +542,15 @@ class _SQSTransport(TransportBase):
 
     def _flush_deletes(self) -> None:
         """Delete what waits in ``to_delete``; raises when a delete call fails as a whole (the
-        messages stay in ``to_delete`` for the next attempt)."""
+        messages stay in ``to_delete`` for the next attempt). Stops at the stop deadline."""
         pending = list(self.to_delete.items())
         to_delete = self.to_delete
+        retried: list[str] = []  # why deletes to try again failed
+        refused: list[SQSMessage] = []  # deletes that can never work
+        reason = ""  # why the last of them was refused
         for start in range(0, len(pending), _BATCH_MAX):
+            if start and self._out_of_time():
+                break
             chunk = pending[start:start + _BATCH_MAX]
             response = self.client.delete_message_batch(
                 QueueUrl=self.url,
@@ -500,17 +563,24 @@ class _SQSTransport(TransportBase):
                 handle, message = chunk[int(entry["Id"])]
                 if entry.get("SenderFault"):  # this receipt handle will never work
                     del to_delete[handle]
-                    logger.error(
-                        "%s: could not delete processed message %s (%s: %s); it will be "
-                        "delivered again", self.name, message.message_id, entry.get("Code"),
-                        entry.get("Message"),
-                    )
+                    refused.append(message)
+                    reason = f"{entry.get('Code')}: {entry.get('Message')}"
                 else:
-                    logger.warning(
-                        "%s: deleting message %s failed (%s: %s); will try again",
-                        self.name, message.message_id, entry.get("Code"), entry.get("Message"),
-                    )
+                    retried.append(f"{entry.get('Code')}: {entry.get('Message')}")
         self._delete_since = time.monotonic()
+        if refused:
+            logger.error("%s: could not delete %d processed message(s) (%s): %s; they will be "
+                         "delivered again", self.name, len(refused), reason, _ids(refused))
+        # One line when deletes start failing and one when they go through again, not one per
+        # batch: a stream keeps settling while they fail.
+        if retried:
+            if not self._delete_failure:
+                logger.warning("%s: deleting %d processed message(s) failed (%s); will try "
+                               "again", self.name, len(retried), retried[0])
+            self._delete_failure = retried[0]
+        elif self._delete_failure and not to_delete:
+            logger.info("%s: deletes go through again", self.name)
+            self._delete_failure = ""
 
     def _change_visibility(
         self, messages: Sequence[SQSMessage], timeout: int, why: str
@@ -520,6 +590,12 @@ class _SQSTransport(TransportBase):
         failed: list[SQSMessage] = []
         for start in range(0, len(messages), _BATCH_MAX):
             chunk = messages[start:start + _BATCH_MAX]
+            if self._out_of_time():  # the stop deadline: they come back on their own
+                failed.extend(messages[start:])
+                logger.info("%s: %s of %d message(s) left out at the stop deadline; they come "
+                            "back when their visibility timeout runs out", self.name, why,
+                            len(messages) - start)
+                break
             try:
                 response = self.client.change_message_visibility_batch(
                     QueueUrl=self.url,
@@ -546,6 +622,14 @@ class _SQSTransport(TransportBase):
             logger.error(
                 "%s: %d processed message(s) could not be deleted (%s); they will be delivered "
                 "again after their visibility timeout", self.name, len(self.to_delete),
-                ", ".join(m.message_id for m in self.to_delete.values()),
+                _ids(self.to_delete.values()),
             )
             self.to_delete.clear()
+
+
+def _ids(messages: Iterable[SQSMessage]) -> str:
+    """The ids of ``messages`` for a log line: the first few, and how many more."""
+    listed = list(messages)
+    ids = ", ".join(m.message_id for m in listed[:_IDS_LOGGED])
+    more = len(listed) - _IDS_LOGGED
+    return f"{ids} and {more} more" if more > 0 else ids

@@ -209,12 +209,14 @@ class Broker:
             wait_for(lambda: _rabbitmqctl("-q", "eval", _MEMORY_ALARM_ON).strip() == "false",
                      timeout=30, interval=0.1)
 
-    def vhost(self) -> str:
-        """A new virtual host that guest may use, deleted after the test; see :meth:`url_of`."""
+    def vhost(self, permitted: bool = True) -> str:
+        """A new virtual host that guest may use (unless not ``permitted``), deleted after the
+        test; see :meth:`url_of`."""
         name = f"{self.prefix}-vhost-{uuid.uuid4().hex[:6]}"
         self._vhosts.append(name)
         _rabbitmqctl("add_vhost", name)
-        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        if permitted:
+            _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         return name
 
     def delete_vhost(self, name: str) -> None:
@@ -244,8 +246,12 @@ class Broker:
 
 
 def _rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` on the broker's host; without it the test skips (fails under CI)."""
     if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl is needed to inspect the broker or inject faults")
+        reason = "rabbitmqctl is needed to inspect the broker or inject faults"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: broker-backed tests must run)")
+        pytest.skip(reason)
     return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, check=True,
                           timeout=60).stdout
 

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +19,10 @@ import pytest
 
 from patron import EXIT_FAILURE, EXIT_OK, Service, correlation
 from patron.amqp import AMQPConsumer, AMQPMessage, AMQPPublisher, QueueDeclaration
-from patron.messaging import Batch, ConnectionRetry, Retry, TransportError
+from patron.messaging import Batch, ConnectionRetry, PermanentError, Retry, TransportError
 from tests.amqp.conftest import Broker, Watched
 from tests.conftest import free_port, wait_for
+from tests.messaging.proxy import Proxy
 from tests.support.components import FAST, Recorder, Runner, running
 from tests.support.jaeger import SpanCapture
 from tests.support.metrics import await_sample, sample
@@ -343,14 +345,12 @@ def test_nack_without_requeue_lands_in_the_dead_letter_queue_of_the_source_queue
 # -- start-up failures ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["credentials", "port"])
-def test_wrong_credentials_or_port_keep_it_unready_retry_then_fail_clearly(
-    broker: Broker, amqp_url: str, caplog: pytest.LogCaptureFixture, fault: str
+def test_an_unreachable_broker_keeps_it_unready_is_retried_then_fails_clearly(
+    broker: Broker, amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     queue = broker.queue()
-    url = (amqp_url.replace("guest:guest", "guest:wrong-secret") if fault == "credentials"
-           else f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
     consumer = AMQPConsumer(url, queue, Recorder(), connect_timeout=2,
                             connection_retry=ConnectionRetry(count=2, wait=0.3, jitter=0))
     service = Service("amqp-test", components=[consumer], config=FAST, default_http=False)
@@ -364,10 +364,37 @@ def test_wrong_credentials_or_port_keep_it_unready_retry_then_fail_clearly(
         service.wait(10)
     messages = _messages(caplog)
     assert sum("connection failed" in m for m in messages) == 2
-    reason = "authentication refused" if fault == "credentials" else "Connection refused"
-    assert any("giving up after 3 failed connection attempt(s)" in m and reason in m
-               for m in messages), messages
-    assert not any("wrong-secret" in m for m in messages)
+    assert any("giving up after 3 failed connection attempt(s)" in m
+               and "Connection refused" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("fault", ["password", "user", "unknown vhost", "forbidden vhost"])
+def test_a_refused_login_or_virtual_host_fails_at_once_naming_the_url_without_the_password(
+    broker: Broker, amqp_url: str, run: Callable[[Any], Runner],
+    caplog: pytest.LogCaptureFixture, fault: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="patron")
+    queue = broker.queue()
+    if fault == "password":
+        url, reason = amqp_url.replace("guest:guest", "guest:wrong-secret"), "authentication"
+    elif fault == "user":
+        url, reason = amqp_url.replace("guest:guest", "nobody:wrong-secret"), "authentication"
+    elif fault == "unknown vhost":
+        url, reason = broker.url_of(f"{broker.prefix}-no-such-vhost"), "access denied"
+    else:  # a virtual host that exists but guest may not use
+        url, reason = broker.url_of(broker.vhost(permitted=False)), "access denied"
+    # Slow retries: a retried failure could not end within the wait below.
+    consumer = AMQPConsumer(url, queue, Recorder(),
+                            connection_retry=ConnectionRetry(count=5, wait=30.0, jitter=0))
+    error = run(consumer).ended(timeout=10)
+    assert isinstance(error, PermanentError), error
+    text = str(error)
+    assert "\n" not in text and reason in text and consumer.url in text, text
+    assert ":***@" in consumer.url and "wrong-secret" not in text
+    assert not consumer.ready()
+    messages = _messages(caplog)
+    assert not any("connection failed" in m or "retry 1" in m for m in messages), messages
+    assert not any("wrong-secret" in m for m in messages), messages
 
 
 def test_a_missing_queue_fails_at_once_with_a_clear_error(
@@ -642,3 +669,29 @@ def test_a_message_shows_its_delivery(broker: Broker, amqp_url: str) -> None:
     assert message.properties.content_type == "text/plain"
     assert message.raw.routing_key == queue  # pika's Basic.Deliver
     assert message.text == "hello"
+
+
+def test_a_stop_deadline_bounds_the_closing_when_the_broker_stops_answering(
+    broker: Broker, amqp_url: str, run: Callable[[Any], Runner]
+) -> None:
+    queue = broker.queue()
+    broker.publish(queue, [b"one"])
+    parts = urllib.parse.urlsplit(amqp_url)
+    with Proxy((parts.hostname or "127.0.0.1", parts.port or 5672)) as proxy:
+        url = urllib.parse.urlunsplit(
+            parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
+        recorder = Recorder()
+        # Heartbeats a minute apart: pika would take minutes to notice the silence itself.
+        consumer = AMQPConsumer(url, queue, recorder, heartbeat=60)
+        runner = run(consumer)
+        assert recorder.wait_for(1) == [b"one"]
+        proxy.freeze()  # the broker goes silent: cancelling and closing get no answer
+        consumer.stop_by(time.monotonic() + 1.0)
+        runner.stop.set()
+        # Without the deadline, closing would wait for the broker until heartbeats gave up.
+        assert runner.ended(timeout=15) is None
+        assert not consumer.ready()
+    # The dropped connection gave everything not acked back; the ack of "one" may not have
+    # reached the broker before it went silent (at-least-once): "one" is there at most.
+    wait_for(lambda: broker.consumers(queue) == 0, timeout=10)
+    assert broker.ready(queue) <= 1

@@ -191,3 +191,31 @@ def test_a_publish_the_broker_blocks_raises_at_its_deadline_and_holds_up_no_othe
     # reads what the dropped connection had sent): whether it was is unknown, as the error says.
     bodies = [body for _, _, body in broker.drain(queue)]
     assert bodies[0] == b"before" and b"after" in bodies
+
+
+@pytest.mark.parametrize("fault", ["password", "vhost"])
+def test_a_refused_login_raises_at_once_without_the_password(
+    broker: Broker, amqp_url: str, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    queue = broker.queue()
+    url = (amqp_url.replace("guest:guest", "guest:wrong-secret") if fault == "password"
+           else broker.url_of(f"{broker.prefix}-no-such-vhost"))
+    attempts: list[float] = []
+    real = pika.BlockingConnection
+
+    def counting(*args: object, **kwargs: object) -> object:
+        attempts.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    publisher = AMQPPublisher(url, publish_timeout=30.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pika, "BlockingConnection", counting)
+        with pytest.raises(PublishError) as raised:
+            publisher.publish("", queue, b"refused")
+    publisher.close()
+    assert len(attempts) == 1  # not tried again within the publish timeout
+    text = str(raised.value)
+    reason = "authentication refused" if fault == "password" else "access denied"
+    assert reason in text and "\n" not in text and "wrong-secret" not in text, text
+    assert not any("wrong-secret" in r.getMessage() for r in caplog.records)
+    assert broker.ready(queue) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.amqp.conftest import Broker
-from tests.conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
@@ -127,3 +128,27 @@ def test_sigterm_with_two_connections_requeues_the_unprocessed_and_nothing_runs_
     assert second.wait(15) == 0, _output(second)
     assert sorted(_lines(out)) == expected  # every message processed exactly once
     assert broker.ready(queue) == 0
+
+
+#: every line a service prints is one log record, starting with its timestamp
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def test_a_consumer_giving_up_prints_one_line_per_event_and_no_traceback(
+    broker: Broker, amqp_url: str, service_process: Callable[..., ServiceProcess],
+) -> None:
+    for url in (f"amqp://guest:guest@127.0.0.1:{free_port()}/",  # retried, then given up
+                amqp_url.replace("guest:guest", "guest:wrong-secret")):  # permanent
+        process = service_process("tests.amqp.giving_up", AMQP_URL=url,
+                                  AMQP_QUEUE=broker.queue(), PATRON_HTTP_DEFAULT_PORT="0")
+        assert process.wait(30) == 1
+        lines = _output(process).splitlines()
+        assert all(_RECORD.match(line) for line in lines), lines  # no traceback, no wrapping
+        failed = [line for line in lines if "component amqp-" in line and "failed" in line]
+        assert len(failed) == 1, lines
+        retries = [line for line in lines if "connection failed" in line]
+        if "wrong-secret" in url:
+            assert not retries and "authentication refused" in failed[0], lines
+            assert "wrong-secret" not in _output(process)
+        else:
+            assert len(retries) == 2 and "giving up after 3" in failed[0], lines

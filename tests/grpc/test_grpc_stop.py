@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -62,4 +63,16 @@ def test_rpcs_still_running_at_the_end_of_the_grace_are_cancelled(
         error = call.exception(5)
     assert isinstance(error, grpc.RpcError)
     assert error.code() == grpc.StatusCode.UNAVAILABLE  # what grpcio sends when it cancels all
+    assert running.error is None
+
+
+def test_the_service_deadline_cuts_the_grace_short(serve: Serve, echo: Echo) -> None:
+    running = serve(grace=60)  # far beyond the shutdown budget
+    with running.channel() as ch:
+        call = EchoStub(ch).Block.future(HelloRequest(name="late"), timeout=30)
+        assert echo.started.acquire(timeout=5)
+        running.component.stop_by(time.monotonic() + 1.0)  # what the Service does first
+        running.shutdown(timeout=10)  # fails if the 60 s grace were waited out
+        assert echo.ended.is_set()
+        assert isinstance(call.exception(5), grpc.RpcError)
     assert running.error is None

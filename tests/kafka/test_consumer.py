@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from patron import EXIT_FAILURE, EXIT_OK
+from patron import EXIT_FAILURE, EXIT_OK, Config
 from patron.kafka import KafkaConsumer
+from patron.kafka.consumer import _Leaving
 from patron.messaging import Batch, ConnectionRetry, Processor, Retry, per_message
 from patron.testing.kafka import ENV_BROKERS, MockClusterProcess
 from tests.conftest import free_port, wait_for
@@ -334,3 +335,58 @@ def test_ready_stays_true_through_a_rebalance(kafka: Kafka, run) -> None:
 def test_config_cannot_switch_off_at_least_once(setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
         KafkaConsumer("127.0.0.1:9092", "g", "t", lambda batch: None, config={setting: True})
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_brokers_gone_at_the_stop_it_still_stops_within_the_shutdown_budget(
+        concurrency: int, caplog: pytest.LogCaptureFixture) -> None:
+    if os.environ.get(ENV_BROKERS):
+        pytest.skip("needs a broker this test may kill: runs on the mock cluster only")
+    cluster = MockClusterProcess()  # its own: this test kills it
+    group = Kafka.name("g")
+    try:
+        topic = Kafka.name("t")
+        producer = Kafka(cluster.bootstrap)
+        Producer({"bootstrap.servers": cluster.bootstrap}).list_topics(topic, timeout=10)
+        recorder = Recorder()
+        # librdkafka's close() waits up to a session timeout for a coordinator that is gone,
+        # far beyond the budget. A long connect_timeout: the outage is not acted on before
+        # the stop.
+        consumer = KafkaConsumer(cluster.bootstrap, group, topic, recorder,
+                                 session_timeout=10.0, connect_timeout=60.0,
+                                 concurrency=concurrency)
+        with running(consumer, config=Config(shutdown_timeout=2.0, drain_delay=0.0)
+                     ) as service:
+            wait_for(consumer.ready, WAIT)
+            producer.produce(topic, [b"m"] * 4)  # an offset to commit
+            recorder.wait_for(4, WAIT)
+            cluster.kill()
+            service.stop()
+            assert service.wait(30) == EXIT_OK  # not EXIT_TIMEOUT: it returned in time
+    finally:
+        cluster.kill()
+        for thread in threading.enumerate():  # the closes left to finish in the background
+            if thread.name.startswith(f"patron-kafka-{group}") and thread.name.endswith("-close"):
+                thread.join(30)
+    assert any("did not close by the stop deadline" in r.getMessage() for r in caplog.records)
+
+
+def test_members_waiting_for_each_other_to_commit_give_up_at_the_stop_deadline() -> None:
+    leaving = _Leaving(members=2, timeout=60.0)
+    stop = threading.Event()
+    leaving.start(stop)
+    stop.set()
+    assert leaving.stopping()
+    # Member 1 never commits (still in a long processor call): member 0 waits for it until the
+    # time left before the stop deadline, not for the whole session timeout.
+    waited = threading.Thread(target=lambda: results.append(leaving.arrive(0, True, left=0.2)))
+    results: list[bool] = []
+    waited.start()
+    waited.join(10)
+    assert not waited.is_alive() and results == [False]
+    # Without a deadline the session timeout bounds it, and the other member's arrival ends it.
+    late = threading.Thread(target=lambda: results.append(leaving.arrive(0, True)))
+    late.start()
+    leaving.arrive(1, False)
+    late.join(10)
+    assert not late.is_alive() and results == [False, True]

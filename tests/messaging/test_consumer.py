@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -162,3 +163,10 @@ def test_statistics_are_read_by_the_first_loop_only(run) -> None:
     wait_for(lambda: consumer.transports[0].probes >= 3)
     assert runner.finish() is None
     assert consumer.transports[1].probes == 0
+
+
+def test_stop_by_reaches_the_transport_of_every_loop() -> None:
+    consumer = FakeConsumer(lambda batch: None, concurrency=3)
+    deadline = time.monotonic() + 5.0
+    consumer.stop_by(deadline)
+    assert [t.stop_deadline for t in consumer.transports] == [deadline] * 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -25,7 +26,7 @@ from patron.messaging import (
     dedupe_by_key,
     per_message,
 )
-from patron.messaging._loop import ConsumerLoop, Outcome
+from patron.messaging._loop import STOP_MARGIN, ConsumerLoop, Outcome
 from tests.conftest import wait_for
 from tests.messaging.fakes import FakeTransport, ScriptedTransport
 from tests.support.components import Runner
@@ -275,19 +276,21 @@ def test_nack_strategy_is_refused_by_a_transport_that_cannot_nack() -> None:
 
 
 def test_stop_during_a_retry_wait_gives_the_message_back_untouched(running) -> None:
-    transport = FakeTransport()
-    failed = threading.Event()
+    transport = PausingTransport()
+    calls: list[bytes] = []
 
     def process(batch: Batch) -> None:
-        failed.set()
+        calls.append(batch[0].body)
         raise RuntimeError("slow to recover")
 
     run = running(make_loop(transport, process, retry=Retry(count=3, wait=30.0)))
     transport.push("a")
-    assert failed.wait(5)
-    assert run.finish() is None  # no ProcessingError: the strategy never applied
+    assert transport.paused.wait(5)  # the loop is in the 30 s wait before the first retry
+    assert run.finish(timeout=5) is None  # cut short; no ProcessingError: no strategy applied
+    assert transport.pauses == [30.0]
+    assert calls == [b"a"]  # not tried again once stopped
     assert transport.settled[0].items[0][1] is MessageState.PENDING
-    assert transport.given_back == [b"a"]
+    assert transport.given_back == [b"a"] and transport.acked == []
 
 
 def test_a_base_exception_from_the_processor_is_not_swallowed(running) -> None:
@@ -374,13 +377,53 @@ def test_a_permanent_error_is_not_retried(running) -> None:
     assert transport.connects == 1
 
 
-def test_stop_during_the_connection_retry_wait_returns_cleanly(running) -> None:
+def test_stop_during_the_connection_retry_wait_returns_cleanly(
+    running, caplog: pytest.LogCaptureFixture
+) -> None:
     transport = FakeTransport()
     transport.connect_errors = [ConnectionError("refused")]
     run = running(make_loop(transport, lambda b: None,
-                            connection=ConnectionRetry(count=3, wait=30.0)))
-    threading.Event().wait(0)  # let it start; the stop below interrupts the 30 s wait
+                            connection=ConnectionRetry(count=3, wait=30.0, jitter=0)))
+    # Logged right before the loop waits 30 s to connect again: the stop below cuts it short.
+    wait_for(lambda: any("retry 1 of 3 in 30.0s" in r.getMessage() for r in caplog.records))
     assert run.finish(timeout=5) is None
+    assert transport.connects == 1  # not connected again once stopped
+
+
+def test_a_transport_failing_to_close_is_one_warning_line_with_the_traceback_at_debug(
+    running, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenClose(FakeTransport):
+        def close(self) -> None:
+            super().close()
+            raise OSError("socket already gone")
+
+    caplog.set_level(logging.DEBUG, logger="patron.messaging")
+    transport = BrokenClose()
+    transport.connect_errors = [ConnectionError("refused")]
+    run = running(make_loop(transport, lambda b: None,
+                            connection=ConnectionRetry(count=1, wait=0.001)))
+    transport.push("a")
+    assert transport.wait_acked(1)
+    assert run.finish() is None
+    records = [r for r in caplog.records if "closing the transport failed" in r.getMessage()]
+    loud = [r for r in records if r.levelno >= logging.WARNING]
+    assert loud and all(r.levelno == logging.WARNING and r.exc_info is None for r in loud)
+    assert all("socket already gone" in r.getMessage() for r in loud)
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in records)  # for whoever digs
+
+
+def test_stop_by_hands_the_deadline_to_the_transport_which_keeps_a_margin() -> None:
+    transport = FakeTransport()
+    loop = make_loop(transport, lambda b: None)
+    assert transport.stop_deadline is None and transport.time_left() is None
+    deadline = time.monotonic() + 10.0
+    loop.stop_by(deadline)
+    assert transport.stop_deadline == deadline
+    left = transport.time_left()
+    assert left is not None and 9.0 < left <= 10.0 - STOP_MARGIN
+    loop.stop_by(time.monotonic() - 1.0)  # passed already: nothing left, never negative
+    assert transport.time_left() == 0.0
 
 
 # -- context ----------------------------------------------------------------------------------
@@ -433,14 +476,16 @@ def test_invalid_loop_settings_are_refused() -> None:
 # -- the transport hooks ----------------------------------------------------------------------
 
 class PausingTransport(FakeTransport):
-    """Records every pause the loop asks for, and how it was left (stopped or not)."""
+    """Records every pause the loop asks for; ``paused`` is set as the first one begins."""
 
     def __init__(self, **kw: bool) -> None:
         super().__init__(**kw)
         self.pauses: list[float] = []
+        self.paused = threading.Event()
 
     def pause(self, stop: threading.Event, seconds: float) -> bool:
         self.pauses.append(seconds)
+        self.paused.set()
         return super().pause(stop, seconds)
 
 

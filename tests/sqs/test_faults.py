@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,9 +17,18 @@ import pytest
 from patron import EXIT_FAILURE, Service
 from patron.messaging import ConnectionRetry, PermanentError, TransportError
 from patron.sqs import SQSConsumer, SQSPublisher
+from patron.sqs import consumer as sqs_consumer
 from patron.testing.sqs import check_credentials
 from tests.conftest import wait_for
-from tests.sqs.conftest import ENV_ENDPOINT, MotoServer, QueueFactory, client_kwargs, session
+from tests.messaging.proxy import Proxy
+from tests.sqs.conftest import (
+    ENV_ENDPOINT,
+    MotoServer,
+    QueueFactory,
+    client_kwargs,
+    counts,
+    session,
+)
 from tests.support.components import Recorder, Runner
 from tests.support.metrics import await_sample, sample
 
@@ -245,3 +256,113 @@ def test_a_failed_delete_is_retried_not_dropped(
     assert sample("component_sqs_message_counter_total", queue=name, state="ACK",
                   hasError="true") == 0
     assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages") is None
+
+
+class FailingDeletes:
+    """``sqs`` with deletes that fail entry by entry while ``failing`` is set, the way SQS
+    answers when it cannot serve them (``Failed`` entries without ``SenderFault``): moto cannot
+    be told to fail deletes. Every other call goes to ``sqs``."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.failing = threading.Event()
+        self.failing.set()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._sqs, attr)
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        if not self.failing.is_set():
+            return self._sqs.delete_message_batch(**kwargs)
+        return {"Successful": [], "Failed": [
+            {"Id": entry["Id"], "SenderFault": False, "Code": "InternalError",
+             "Message": "We encountered an internal error. Please try again."}
+            for entry in kwargs["Entries"]
+        ]}
+
+
+def test_pending_deletes_are_bounded_and_the_consumer_gives_up_when_they_keep_failing(
+    make_queue: QueueFactory, sqs: Any, run: Run, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqs_consumer, "DELETE_BACKLOG", 5)  # a shallow queue suffices
+    name, url = make_queue(VisibilityTimeout=120)
+    SQSPublisher(url, client=sqs).publish_batch([f"m{i}" for i in range(15)])
+    recorder = Recorder()
+    component = SQSConsumer(url, recorder, client=FailingDeletes(sqs), wait_time=1,
+                            max_messages=1,
+                            connection_retry=ConnectionRetry(count=2, wait=0.1, jitter=0))
+    with caplog.at_level(logging.INFO, logger="patron.sqs"):
+        error = run(component).ended(timeout=30)
+    assert isinstance(error, TransportError), error
+    assert "5 processed message(s) wait for their delete" in str(error), error
+    assert "InternalError" in str(error)
+    # It stopped receiving at the bound: five processed, the rest never received ...
+    assert len(recorder.bodies) == 5
+    # ... and nothing processed is lost: the five are still in the queue, to come back once
+    # their visibility timeout ends.
+    assert counts(sqs, url) == {"available": 10, "invisible": 5, "delayed": 0}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("deleting" in m and "failed" in m for m in messages) == 1, messages  # not per batch
+    assert sum("could not be deleted" in m for m in messages) == 1, messages
+    assert sum("retry" in m and "wait for their delete" in m for m in messages) == 2, messages
+    assert sample("component_sqs_message_counter_total", queue=name, state="ACK",
+                  hasError="false") == 5
+
+
+def test_receiving_resumes_once_deletes_go_through_again_and_nothing_runs_twice(
+    make_queue: QueueFactory, sqs: Any, run: Run, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqs_consumer, "DELETE_BACKLOG", 5)
+    _name, url = make_queue(VisibilityTimeout=120)
+    sent = [f"m{i}" for i in range(12)]
+    SQSPublisher(url, client=sqs).publish_batch(sent[:10])
+    SQSPublisher(url, client=sqs).publish_batch(sent[10:])
+    client = FailingDeletes(sqs)
+    recorder = Recorder()
+    component = SQSConsumer(
+        url, recorder, client=client, wait_time=1, max_messages=1,
+        connection_retry=ConnectionRetry(count=100, wait=0.1, backoff=1.0, jitter=0),
+    )
+    with caplog.at_level(logging.INFO, logger="patron.sqs"):
+        runner = run(component)
+        wait_for(lambda: _count_warnings(caplog, "wait for their delete") >= 1, timeout=15)
+        assert len(recorder.bodies) == 5
+        client.failing.clear()
+        recorder.wait_for(len(sent), timeout=20)
+        wait_for(lambda: counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0},
+                 timeout=10)
+        assert runner.finish() is None
+    assert sorted(recorder.bodies) == sorted(s.encode() for s in sent)  # each once
+    assert _count_warnings(caplog, "deletes go through again") == 1
+
+
+def test_a_receive_on_a_silent_connection_is_cut_off_soon_after_its_wait(
+    make_queue: QueueFactory, sqs_endpoint: str, run: Run, caplog: pytest.LogCaptureFixture,
+) -> None:
+    if os.environ.get(ENV_ENDPOINT):
+        pytest.skip("puts a proxy in front of the endpoint: runs against moto only")
+    name, _url = make_queue()
+    endpoint = urllib.parse.urlsplit(sqs_endpoint)
+    with Proxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80)) as proxy:
+        boto = session()
+        sent: list[float] = []  # when each call to SQS was sent
+        boto.events.register("before-send.sqs", lambda **kwargs: sent.append(time.monotonic()))
+        # Quick reconnections: after the freeze a call is always under way or about to be.
+        component = SQSConsumer(
+            name, Recorder(), endpoint_url=f"http://127.0.0.1:{proxy.port}", session=boto,
+            wait_time=1,
+            connection_retry=ConnectionRetry(count=100, wait=0.1, backoff=1.0, jitter=0),
+        )
+        runner = run(component)
+        wait_for(component.ready, timeout=10)
+        proxy.freeze()  # the endpoint goes silent, connections stay open
+        frozen = time.monotonic()
+        # A call sent into the silence: the one before it was cut off in time.
+        wait_for(lambda: sent[-1] > frozen, timeout=10)
+        # The stop waits for that call: cut off 3 s after a receive's 1 s wait, not after 30 s.
+        started = time.monotonic()
+        assert runner.finish(timeout=15) is None
+    assert time.monotonic() - started < 15
+    assert any("Read timeout" in r.getMessage() for r in caplog.records)

@@ -3,15 +3,18 @@ one poller and with two."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from patron.sqs import SQSPublisher
-from patron.testing.sqs import client_kwargs
+from patron.testing.sqs import ENV_ENDPOINT, MotoServer, client_kwargs
 from tests.conftest import ServiceProcess, wait_for
 from tests.sqs.conftest import QueueFactory, counts
 
@@ -131,3 +134,38 @@ def test_sigterm_with_two_pollers_gives_back_at_once_and_restart_processes_each_
     assert second.wait(20) == 0
     assert sorted(_lines(output)) == sorted(sent)  # nothing lost, nothing processed twice
     assert counts(sqs, url) == {"available": 0, "invisible": 0, "delayed": 0}
+
+
+#: every line a service prints is one log record, starting with its timestamp
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def test_a_consumer_giving_up_mid_stream_prints_one_line_per_event_and_no_traceback(
+    service_process: StartService, tmp_path: Path,
+) -> None:
+    if os.environ.get(ENV_ENDPOINT):
+        pytest.skip("takes its endpoint away: runs against a moto server of its own")
+    with MotoServer() as moto:
+        sqs = boto3.client("sqs", **client_kwargs(moto.endpoint_url))
+        url = sqs.create_queue(QueueName=f"patron-giving-up-{tmp_path.name}")["QueueUrl"]
+        SQSPublisher(url, client=sqs).publish_batch([f"m{i}" for i in range(10)])
+        env = _env(moto.endpoint_url, url, tmp_path / "unused.txt")
+        release = tmp_path / "release"
+        process = service_process("tests.sqs.giving_up", RELEASE=str(release), **env)
+        wait_for(lambda: "processing 10 message(s)" in process.output(), timeout=30)
+        moto.stop()  # gone for good: the batch's deletes fail, and past its retries it gives up
+        release.touch()
+        assert process.wait(30) == 1
+        moto.start()  # to delete the queue
+        sqs.delete_queue(QueueUrl=url)
+    lines = process.stdout_path.read_text().splitlines()
+    assert all(_RECORD.match(line) for line in lines), lines  # no traceback, no wrapping
+    own = [line for line in lines if " patron.sqs " in line
+           and (" WARNING " in line or " ERROR " in line)]
+    # One line per failed attempt, one for the deletes that never went through: not one per
+    # attempt to delete them again.
+    assert len(own) == 3, own
+    assert sum("connection failed" in line for line in own) == 2, own
+    assert sum("10 processed message(s) could not be deleted" in line for line in own) == 1, own
+    assert sum("component sqs-" in line and "giving up after 3" in line
+               for line in lines) == 1, lines
