@@ -21,14 +21,17 @@ Optional members refine how the Service sees a component; each is a small protoc
   the stop event is set, with the ``time.monotonic()`` by which the component must have
   returned: the time left of the one shutdown budget. A component bounds its own waits with it
   (a server's grace for requests in flight, a client's last commit); it must not block.
+  :func:`time_left` gives what is left of it, less :data:`STOP_RESERVE`.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "STOP_RESERVE",
     "Alive",
     "Component",
     "Named",
@@ -40,7 +43,20 @@ __all__ = [
     "is_ready",
     "name_of",
     "stops_last",
+    "time_left",
 ]
+
+#: seconds a component keeps back from its ``stop_by`` deadline: its drain (requests in flight,
+#: a last commit) ends that much earlier, so that cancelling what still runs, joining threads and
+#: returning fit before the deadline, on a busy machine too; a component returning right at the
+#: deadline would be reported as not stopping in time
+STOP_RESERVE = 0.5
+
+
+def time_left(deadline: float, reserve: float = STOP_RESERVE) -> float:
+    """Seconds from now until ``reserve`` before ``deadline`` (``time.monotonic()``); 0 once
+    that has passed."""
+    return max(0.0, deadline - reserve - time.monotonic())
 
 @runtime_checkable
 class Component(Protocol):

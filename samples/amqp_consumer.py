@@ -42,10 +42,10 @@ import threading
 import time
 from typing import TextIO
 
-from patron import ConfigError, Service
+from patron import Service
 from patron.amqp import AMQPConsumer, AMQPMessage, QueueDeclaration
-from patron.config import parse_duration
 from patron.messaging import per_message
+from samples import _settings as settings
 
 __all__ = ["service"]
 
@@ -56,36 +56,13 @@ def _line(body: bytes) -> str:
     return body.decode("utf-8", "backslashreplace").replace("\n", "\\n")
 
 
-#: more pollers than this would only wait on one another in one process
-MAX_CONCURRENCY = 64
-
-
-def _concurrency(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
-                          f"from 1 to {MAX_CONCURRENCY}")
-    return value
-
-
-def _delay(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError:
-        raise ConfigError(f"SAMPLE_DELAY={text!r} is invalid: expected a duration of at least 0 "
-                          "such as 0.2, 200ms or 1s") from None
-
-
 def service() -> Service:
     """The sample Service, configured from the environment when it is called."""
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     queue = os.environ.get("AMQP_QUEUE", "patron-sample")
     path = os.environ.get("SAMPLE_OUTPUT")
-    delay = _delay(os.environ.get("SAMPLE_DELAY") or "0")
-    concurrency = _concurrency(os.environ.get("SAMPLE_CONCURRENCY") or "1")
+    delay = settings.delay()
+    concurrency = settings.concurrency()
     output: TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
     lock = threading.Lock()  # with concurrency above 1, handle runs in several threads at once
 

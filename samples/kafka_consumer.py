@@ -50,6 +50,7 @@ from patron import ConfigError, Service
 from patron.config import parse_duration
 from patron.kafka import KafkaConsumer, KafkaMessage
 from patron.messaging import per_message
+from samples import _settings as settings
 
 __all__ = ["service"]
 
@@ -86,21 +87,6 @@ def _session_timeout(text: str) -> float:
     return seconds
 
 
-#: more members than this would only wait on one another in one process
-MAX_CONCURRENCY = 64
-
-
-def _concurrency(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
-                          f"from 1 to {MAX_CONCURRENCY}")
-    return value
-
-
 def service() -> Service:
     """The sample service, configured from the environment when called."""
     env = os.environ
@@ -110,6 +96,6 @@ def service() -> Service:
         env.get("KAFKA_TOPIC", "patron-sample"),
         per_message(_Lines(env.get("SAMPLE_OUTPUT") or None).handle),
         session_timeout=_session_timeout(env.get("KAFKA_SESSION_TIMEOUT") or "10"),
-        concurrency=_concurrency(env.get("SAMPLE_CONCURRENCY") or "1"),
+        concurrency=settings.concurrency(),
     )
     return Service("kafka-consumer", "1.0.0", components=[consumer])

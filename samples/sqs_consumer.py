@@ -47,37 +47,14 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
-from patron import ConfigError, Service
-from patron.config import parse_duration
+from patron import Service
 from patron.messaging import per_message
 from patron.sqs import SQSConsumer, SQSMessage
+from samples import _settings as settings
 
 __all__ = ["service"]
 
 logger = logging.getLogger("samples.sqs_consumer")
-
-
-#: more pollers than this would only wait on one another in one process
-MAX_CONCURRENCY = 64
-
-
-def _concurrency(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise ConfigError(f"SAMPLE_CONCURRENCY={text!r} is invalid: expected a whole number "
-                          f"from 1 to {MAX_CONCURRENCY}")
-    return value
-
-
-def _delay(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError:
-        raise ConfigError(f"SAMPLE_DELAY={text!r} is invalid: expected a duration of at least 0 "
-                          "such as 0.2, 200ms or 1s") from None
 
 
 def _ensure_queue(endpoint: str | None, name: str) -> None:
@@ -94,8 +71,8 @@ def service() -> Service:
     endpoint = os.environ.get("SQS_ENDPOINT_URL") or None
     queue = os.environ.get("SQS_QUEUE") or "patron-sample"
     output = os.environ.get("SAMPLE_OUTPUT") or None
-    delay = _delay(os.environ.get("SAMPLE_DELAY") or "0")
-    concurrency = _concurrency(os.environ.get("SAMPLE_CONCURRENCY") or "1")
+    delay = settings.delay()
+    concurrency = settings.concurrency()
     # With several pollers the handler runs in several threads: one line at a time.
     output_lock = threading.Lock()
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import ROOT, ServiceProcess, free_port, wait_for
+from tests.conftest import ROOT, ServiceProcess, free_port, http_status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +32,6 @@ def start(service_process: Start) -> Start:
     return service_process
 
 
-def _status(port: int, path: str, timeout: float = 2.0) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
 
 def _output(process: ServiceProcess) -> str:
     # Read the file directly: ServiceProcess.output() fails once wait() has closed it.
@@ -52,7 +42,7 @@ def _start_ready(start: Start, target: str, **env: str) -> tuple[ServiceProcess,
     port = free_port()
     process = start(target, PATRON_HTTP_DEFAULT_PORT=str(port), **env)
     try:
-        wait_for(lambda: _status(port, "/ready") == 200, timeout=15)
+        wait_for(lambda: http_status(port, "/ready") == 200, timeout=15)
     except AssertionError:
         raise AssertionError(f"service never became ready; output:\n{_output(process)}") from None
     return process, port
@@ -144,7 +134,7 @@ def test_sigterm_under_load_finishes_every_started_request_and_exits_0(start: St
         signalled = time.monotonic()
         process.signal(signal.SIGTERM)
         # Readiness goes 503 at once, while the listener still serves during the drain delay.
-        wait_for(lambda: _status(port, "/ready") == 503, timeout=drain)
+        wait_for(lambda: http_status(port, "/ready") == 503, timeout=drain)
         code = process.wait(drain + shutdown_timeout + 5)
         took = time.monotonic() - signalled
     output = _output(process)
@@ -197,7 +187,7 @@ def stubborn_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
         tmp_path_factory.mktemp("stubborn"),
     )
     try:
-        wait_for(lambda: _status(port, "/ready") == 200, timeout=15)
+        wait_for(lambda: http_status(port, "/ready") == 200, timeout=15)
         signalled = time.monotonic()
         process.signal(signal.SIGTERM)
         code = process.wait(shutdown_timeout + 10)
@@ -234,7 +224,7 @@ def test_sighup_runs_the_hook_and_the_service_keeps_running(start: Start) -> Non
         process.signal(signal.SIGHUP)
         wait_for(lambda n=times: _output(process).count("sighup hook ran") == n, timeout=5)  # type: ignore[misc]
         assert process.proc.poll() is None
-        assert _status(port, "/ready") == 200
+        assert http_status(port, "/ready") == 200
     process.signal(signal.SIGTERM)
     code = process.wait(10)
     assert code == 0, _output(process)  # SIGHUPs are not counted as a first SIGTERM
@@ -266,7 +256,7 @@ def test_a_second_sigint_exits_at_once_with_130(start: Start) -> None:
     process, port = _start_ready(start, "tests.support.services:hello", PATRON_DRAIN_DELAY="10s")
     process.signal(signal.SIGINT)
     _wait_log(process, "received SIGINT: shutting down")
-    assert _status(port, "/ready") == 503  # draining, not yet stopping
+    assert http_status(port, "/ready") == 503  # draining, not yet stopping
     signalled = time.monotonic()
     process.signal(signal.SIGINT)
     code = process.wait(drain)

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
 
+from patron.component import time_left
 from patron.config import DEFAULT_GRACE, DEFAULT_HOST, Config
 from patron.grpc.health import Health
 from patron.grpc.interceptors import DEFAULT_ERROR_CODES, ObservabilityInterceptor
@@ -43,7 +43,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "DEFAULT_MAX_WORKERS", "GRPCComponent",
 logger = logging.getLogger("patron.grpc")
 
 DEFAULT_MAX_WORKERS = 10
-_STOP_MARGIN = 0.5  # seconds kept from the grace for cancelling and joining the handlers
 DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024  # grpcio's own default, made explicit
 
 Servicer = tuple[Callable[[Any, Any], None], object]
@@ -282,8 +281,8 @@ class GRPCComponent:
     def _stop(self, server: grpc.Server, health: Health, pool: futures.ThreadPoolExecutor) -> None:
         health.shutdown()
         grace = self._grace
-        if self._deadline is not None:  # a margin for cancelling and joining the handlers
-            grace = max(0.0, min(grace, self._deadline - time.monotonic() - _STOP_MARGIN))
+        if self._deadline is not None:  # keeping time for cancelling and joining the handlers
+            grace = min(grace, time_left(self._deadline))
         logger.info("gRPC component %s stopping; in-flight RPCs have %.1fs to finish",
                     self.name, grace)
         stopped = server.stop(grace)

@@ -28,9 +28,15 @@ class HTTPComponent:
 
     ``run(stop)`` binds ``host``:``port`` (port 0 picks a free one), serves, and on stop closes
     the listener at once, lets every request already received finish (for at most ``grace``
-    seconds), closes idle keep-alive connections and returns. It raises when the port cannot be
-    bound. Handlers run in the server's worker threads (``threads`` of them); ``ready()`` is
-    true while listening; ``stop_last`` makes the Service stop it after every other component.
+    seconds, or until the deadline given to :meth:`stop_by` when that comes first), closes idle
+    keep-alive connections and those that have not delivered a whole request, and returns. It
+    raises ``OSError("cannot listen on HOST:PORT: ...")`` when the port cannot be bound.
+    Handlers run in the server's worker threads (``threads`` of them); ``ready()`` is true while
+    listening; ``stop_last`` makes the Service stop it after every other component.
+
+    At most ``max_connections`` client connections are open; when another arrives the idlest
+    one is closed to make room (see :mod:`patron.http.server`). While ``probes.draining`` is
+    true (the Service's shutdown has begun), every response carries ``Connection: close``.
 
     Management routes (given by :meth:`default`) are matched first and get recovery only; user
     routes and mounts get the full chain described in :mod:`patron.http.observe`.
@@ -50,10 +56,12 @@ class HTTPComponent:
         idle_timeout: float = _DEFAULTS.http_idle_timeout,
         max_body_size: int = _DEFAULTS.http_max_body_size,
         max_header_size: int = _DEFAULTS.http_max_header_size,
+        max_connections: int = _DEFAULTS.http_max_connections,
         status_error_logging: StatusCodes = _DEFAULTS.http_status_error_logging,
         grace: float = DEFAULT_GRACE,
         management: Iterable[Route] = (),
         stop_last: bool = False,
+        probes: Probes | None = None,
     ) -> None:
         self.name = name
         self.stop_last = stop_last
@@ -66,7 +74,9 @@ class HTTPComponent:
             idle_timeout=idle_timeout,
             max_body_size=max_body_size,
             max_header_size=max_header_size,
+            max_connections=max_connections,
             grace=grace,
+            probes=probes,
         )
         self._router = Router(routes, middlewares)
         management = list(management)
@@ -74,6 +84,7 @@ class HTTPComponent:
         # Management paths are fixed, so a set lookup spares user requests a second match.
         self._management_paths = frozenset(route.pattern for route in management)
         self._server: Server | None = None
+        self._stop_deadline: float | None = None
         self._listening = threading.Event()
         self._observe = Observer(status_error_logging)
 
@@ -87,8 +98,9 @@ class HTTPComponent:
         host: str = DEFAULT_HOST,
     ) -> HTTPComponent:
         """The component a Service runs: on ``config``'s ``PATRON_HTTP_DEFAULT_PORT`` and HTTP
-        settings, with the management routes answering from ``probes`` (the Service), and
-        stopped last so that health checks and metrics stay up to the end."""
+        settings, with the management routes answering from ``probes`` (the Service), closing
+        keep-alive connections from the moment it drains, and stopped last so that health
+        checks and metrics stay up to the end."""
         cfg = config
         return cls(
             cfg.http_default_port,
@@ -101,10 +113,12 @@ class HTTPComponent:
             idle_timeout=cfg.http_idle_timeout,
             max_body_size=cfg.http_max_body_size,
             max_header_size=cfg.http_max_header_size,
+            max_connections=cfg.http_max_connections,
             status_error_logging=cfg.http_status_error_logging,
             grace=cfg.shutdown_timeout,
             management=management_routes(probes.ready, probes.alive, cfg.profiling),
             stop_last=True,
+            probes=probes,
         )
 
     def _closing(self) -> bool:
@@ -120,12 +134,26 @@ class HTTPComponent:
             raise RuntimeError(f"the HTTP component {self.name!r} is not listening yet")
         return self._server.port
 
+    @property
+    def connections(self) -> int:
+        """Client connections open right now (0 until it listens)."""
+        return 0 if self._server is None else self._server.connections
+
+    def stop_by(self, deadline: float) -> None:
+        """:class:`patron.component.StopsBy`: the drain ends by ``deadline``
+        (``time.monotonic()``) when that comes before the grace period does. Does not block."""
+        self._stop_deadline = deadline
+        if self._server is not None:
+            self._server.stop_by(deadline)
+
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the server listens (True) or ``timeout`` passes (False)."""
         return self._listening.wait(timeout)
 
     def run(self, stop: threading.Event) -> None:
         self._server = Server(self, self._host, self._requested_port, **self._server_options)
+        if self._stop_deadline is not None:
+            self._server.stop_by(self._stop_deadline)
         self._listening.set()
         logger.info("HTTP component %s listening on %s:%d", self.name, self._host, self.port)
         self._server.serve(stop)

@@ -56,13 +56,13 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from patron import correlation
+from patron.component import time_left
 from patron.messaging._errors import ConsumerError, ProcessingError, TransportError
 from patron.messaging._message import Batch, Message, MessageState, Processor
 from patron.messaging._options import ConnectionRetry, FailureStrategy, Retry
 
 __all__ = [
     "METRICS_INTERVAL",
-    "STOP_MARGIN",
     "ConsumerLoop",
     "Counts",
     "Outcome",
@@ -76,10 +76,6 @@ logger = logging.getLogger("patron.messaging")
 #: than the batch: while messages keep coming, the loop hands them over this often (seconds),
 #: and at once when a fetch comes back empty or the transport closes.
 METRICS_INTERVAL = 0.5
-#: seconds a transport keeps free before the stop deadline, for what follows its closing (the
-#: loop and component threads returning, on a busy machine): a component returning right at
-#: the deadline would be reported as not stopping in time
-STOP_MARGIN = 0.25
 
 _PENDING, _ACKED, _NACKED = MessageState.PENDING, MessageState.ACKED, MessageState.NACKED
 
@@ -176,12 +172,11 @@ class TransportBase:
     _connected = False
 
     def time_left(self) -> float | None:
-        """Seconds left for closing before :attr:`stop_deadline`, less :data:`STOP_MARGIN` for
-        what follows it (0 once that passed); None without a deadline."""
+        """Seconds left for closing before :attr:`stop_deadline`, less
+        :data:`patron.component.STOP_RESERVE` for what follows it (0 once that passed); None
+        without a deadline."""
         deadline = self.stop_deadline
-        if deadline is None:
-            return None
-        return max(0.0, deadline - STOP_MARGIN - time.monotonic())
+        return None if deadline is None else time_left(deadline)
 
     @property
     def connected(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import ServiceProcess, free_port, wait_for
+from tests.conftest import ServiceProcess, free_port, http_status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +22,6 @@ CLIENTS = 4
 PEAK_GROWTH_LIMIT = 40 * 1024 * 1024
 ANSWER_LIMIT = 2 * 1024 * 1024
 
-
-def _status(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
 
 
 def _peak_rss(pid: int) -> int:
@@ -52,7 +42,7 @@ def test_a_profile_under_load_keeps_peak_memory_and_answer_small(
         PATRON_HTTP_DEFAULT_PORT=str(port),
         PATRON_LOG_LEVEL="WARNING",  # not a log line per request
     )
-    wait_for(lambda: _status(port, "/ready") == 200, timeout=15)
+    wait_for(lambda: http_status(port, "/ready") == 200, timeout=15)
 
     stop = threading.Event()
     served = [0] * CLIENTS

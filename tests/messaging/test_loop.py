@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patron import correlation, log
+from patron.component import STOP_RESERVE
 from patron.messaging import (
     Batch,
     ConnectionRetry,
@@ -26,7 +27,7 @@ from patron.messaging import (
     dedupe_by_key,
     per_message,
 )
-from patron.messaging._loop import STOP_MARGIN, ConsumerLoop, Outcome
+from patron.messaging._loop import ConsumerLoop, Outcome
 from tests.conftest import wait_for
 from tests.messaging.fakes import FakeTransport, ScriptedTransport
 from tests.support.components import Runner
@@ -421,7 +422,7 @@ def test_stop_by_hands_the_deadline_to_the_transport_which_keeps_a_margin() -> N
     loop.stop_by(deadline)
     assert transport.stop_deadline == deadline
     left = transport.time_left()
-    assert left is not None and 9.0 < left <= 10.0 - STOP_MARGIN
+    assert left is not None and 9.0 < left <= 10.0 - STOP_RESERVE
     loop.stop_by(time.monotonic() - 1.0)  # passed already: nothing left, never negative
     assert transport.time_left() == 0.0
 
