@@ -151,10 +151,14 @@ def parse_wrk(text: str, connections: int) -> LoadResult:
     )
 
 
-def run_wrk(url: str, connections: int, duration: int, wrk: str = "wrk") -> LoadResult:
+def run_wrk(
+    url: str, connections: int, duration: int, wrk: str = "wrk", headers: Sequence[str] = ()
+) -> LoadResult:
     """``wrk -t1 -c<connections> -d<duration>s --latency url`` (one load thread, as §8 of the
     design measured); ``duration`` is whole seconds because wrk takes no fractions."""
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency", url]
+    for header in headers:
+        cmd[1:1] = ["-H", header]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
@@ -190,13 +194,17 @@ def _response_length(head: bytes) -> tuple[int, int, bool]:
     return status, length, close
 
 
-def python_load(host: str, port: int, path: str, connections: int, duration: float) -> LoadResult:
+def python_load(
+    host: str, port: int, path: str, connections: int, duration: float,
+    headers: Sequence[str] = (),
+) -> LoadResult:
     """Keep ``connections`` keep-alive connections busy with GET ``path`` for ``duration`` s.
 
     One request in flight per connection, like wrk. Responses need a Content-Length; a
     connection the server closes (or that fails) is counted as an error and reopened.
     """
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode("ascii")
+    extra = "".join(f"{header}\r\n" for header in headers)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode("ascii")
     selector = selectors.DefaultSelector()
     latencies: list[float] = []
     errors = 0
@@ -274,9 +282,11 @@ def python_load(host: str, port: int, path: str, connections: int, duration: flo
 
 
 def run_load(
-    host: str, port: int, path: str, connections: int, duration: int, wrk: str | None
+    host: str, port: int, path: str, connections: int, duration: int, wrk: str | None,
+    headers: Sequence[str] = (),
 ) -> LoadResult:
-    """wrk when ``wrk`` (its path) is given, else the Python fallback, on the same terms."""
+    """wrk when ``wrk`` (its path) is given, else the Python fallback, on the same terms;
+    ``headers`` (``"Name: value"``) are sent with every request."""
     if wrk is not None:
-        return run_wrk(f"http://{host}:{port}{path}", connections, duration, wrk)
-    return python_load(host, port, path, connections, duration)
+        return run_wrk(f"http://{host}:{port}{path}", connections, duration, wrk, headers)
+    return python_load(host, port, path, connections, duration, headers)

@@ -23,6 +23,12 @@ the rounds are reported with the server's CPU time per request. A ratio is patro
 over a baseline's in the same round, median over the rounds, so slow drifts of a shared
 machine cancel out.
 
+Then the route options, on the same patron server at 32 connections, each row against its own
+baseline in the same round: ``/big/world`` (16 KiB of text) with ``Accept-Encoding: gzip`` (so
+compressed, the default for user routes) against the same route asked without it, and
+``/cached/world`` (a cache hit of a ``MemoryStore``) against ``/render/world``, the same handler
+(a 200-item JSON document) without a cache.
+
 The last line is ``RATIO patron/waitress <value>`` (requests/s at 32 connections).
 """
 
@@ -78,6 +84,27 @@ def hello(request: object, name: str) -> str:
     return f"Hello, {name}!\n"
 
 
+BIG_BODY = ("All work and no play makes Jack a dull boy. " * 400)[:16384]
+OPTION_CONNECTIONS = 32
+#: (row, path, request headers, the row it is compared with)
+OPTION_ROWS = (
+    ("gzip", "/big/world", ("Accept-Encoding: gzip",), "identity"),
+    ("identity", "/big/world", (), None),
+    ("cache hit", "/cached/world", (), "uncached"),
+    ("uncached", "/render/world", (), None),
+)
+
+
+def big(request: object, name: str) -> str:
+    return BIG_BODY
+
+
+def render(request: object, name: str) -> dict[str, Any]:
+    """Some work worth caching: a document of 200 items."""
+    return {"name": name, "items": [{"id": i, "label": f"item {i}", "tags": ["a", "b"]}
+                                    for i in range(200)]}
+
+
 def raw_hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     """The same answer as a bare WSGI function, for the baselines."""
     path = environ.get("PATH_INFO", "")
@@ -99,7 +126,7 @@ def _announce(port: int) -> None:
 def _serve_patron(threads: int) -> int:
     from patron import Service
     from patron.config import Config
-    from patron.http import HTTPComponent, Route
+    from patron.http import Cache, HTTPComponent, MemoryStore, Route, RouteOptions
 
     cfg = dataclasses.replace(
         Config.from_env(),
@@ -111,9 +138,14 @@ def _serve_patron(threads: int) -> int:
     )
     service = Service("bench-http", "1.0.0", default_http=False, config=cfg)
     # The default HTTP component, bound to loopback instead of every interface.
-    component = HTTPComponent.default(
-        cfg, service, [Route("GET", "/hello/<name>", hello)], host=HOST
-    )
+    cached = RouteOptions(cache=Cache(MemoryStore(), ttl=3600))
+    routes = [
+        Route("GET", "/hello/<name>", hello),
+        Route("GET", "/big/<name>", big),
+        Route("GET", "/render/<name>", render),
+        Route("GET", "/cached/<name>", render, options=cached),
+    ]
+    component = HTTPComponent.default(cfg, service, routes, host=HOST)
     service.add_component(component)
     threading.Thread(
         target=lambda: component.wait_started(START_TIMEOUT) and _announce(component.port),
@@ -227,11 +259,12 @@ class Runs:
         return sum(r.errors for r in self.results)
 
 
-def _measure(server: ServerProcess, connections: int, duration: int, wrk: str | None) -> tuple[
-    LoadResult, float
-]:
+def _measure(
+    server: ServerProcess, connections: int, duration: int, wrk: str | None, path: str = PATH,
+    headers: Sequence[str] = (),
+) -> tuple[LoadResult, float]:
     cpu_before = server.cpu()
-    result = run_load(HOST, server.port, PATH, connections, duration, wrk)
+    result = run_load(HOST, server.port, path, connections, duration, wrk, headers)
     cpu_used = server.cpu() - cpu_before
     if server.proc.poll() is not None:
         raise RuntimeError(f"{server.name} server exited:\n{server.log_tail()}")
@@ -309,6 +342,46 @@ def _warm_up(servers: Sequence[ServerProcess], connections: int, seconds: int,
         thread.join()
     if errors:
         raise errors[0]
+
+
+def _option_rounds(server: ServerProcess, rounds: int, duration: int, wrk: str | None,
+                   runs: dict[str, Runs]) -> None:
+    """The route option rows on the patron server, in an order rotated every round."""
+    for row, path, _headers, _ in OPTION_ROWS:
+        status, _body = http_get(HOST, server.port, path)
+        if status != 200:
+            raise RuntimeError(f"patron answered {status} for {path} ({row})")
+    for round_no in range(rounds):
+        shift = round_no % len(OPTION_ROWS)
+        for row, path, headers, _ in OPTION_ROWS[shift:] + OPTION_ROWS[:shift]:
+            result, cpu_us = _measure(server, OPTION_CONNECTIONS, duration, wrk, path, headers)
+            entry = runs.setdefault(row, Runs())
+            entry.results.append(result)
+            entry.cpu_us_per_request.append(cpu_us)
+            print(f"  round {round_no + 1} c={OPTION_CONNECTIONS:<3} patron {row:<10}"
+                  f"{result.requests_per_s:9.0f} req/s  p99 {result.p99_ms:7.2f} ms  "
+                  f"cpu {cpu_us:6.0f} us/req  errors {result.errors}", flush=True)
+
+
+def _report_options(runs: dict[str, Runs]) -> dict[str, float]:
+    """Print the route option rows and return each ratio to its baseline row."""
+    if not runs:
+        return {}
+    print(f"route options at c={OPTION_CONNECTIONS}, medians (ratio: the row's req/s over its "
+          "baseline's in the same round, median over rounds):")
+    ratios: dict[str, float] = {}
+    for row, path, _, baseline in OPTION_ROWS:
+        entry = runs[row]
+        line = (f"  {row:<10} GET {path:<14} {entry.rps:8.0f} req/s  p99 {entry.p99:7.2f} ms  "
+                f"cpu {entry.cpu:6.0f} us/req  errors {entry.errors}")
+        if baseline is not None:
+            value = ratios[f"{row.replace(' ', '-')}/{baseline}"] = median([
+                _ratio(mine.requests_per_s, theirs.requests_per_s)
+                for mine, theirs in zip(entry.results, runs[baseline].results, strict=True)
+            ])
+            line += f"   {row}/{baseline} {value:.2f}"
+        print(line)
+    return ratios
 
 
 def _ratio(a: float, b: float) -> float:
@@ -392,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     servers: list[ServerProcess] = []
     runs: dict[tuple[str, int], Runs] = {}
+    option_runs: dict[str, Runs] = {}
     try:
         for name in servers_wanted:
             servers.append(ServerProcess(name, threads))
@@ -413,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  round {round_no + 1} c={conns:<3} {server.name:<9}"
                           f"{result.requests_per_s:9.0f} req/s  p99 {result.p99_ms:7.2f} ms  "
                           f"cpu {cpu_us:6.0f} us/req  errors {result.errors}", flush=True)
+        patron_server = next((s for s in servers if s.name == "patron"), None)
+        if patron_server is not None:
+            _option_rounds(patron_server, args.rounds, args.duration, wrk, option_runs)
     finally:
         for server in servers:
             server.terminate()
@@ -465,9 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(min {min(startup_times):.3f}, max {max(startup_times):.3f}); idle RSS "
               f"{startup_rss / 1024:.1f} MiB (VmRSS {IDLE_SETTLE:g} s after ready)")
         checks.append(("start-up median seconds", median(startup_times), TARGET_STARTUP, "<="))
+    option_ratios = _report_options(option_runs)
     for label, value, target, op in checks:
         ok = value >= target if op == ">=" else value <= target
         print(f"target {label}: {value:.3f} {op} {target:g}: {'met' if ok else 'MISSED'}")
+    for row, value in option_ratios.items():
+        print(f"RATIO {row} {value:.2f}")
     if ("werkzeug", 32) in ratios:
         print(f"RATIO patron/werkzeug {ratios[('werkzeug', 32)]:.2f}")
     if ("waitress", 32) in ratios:

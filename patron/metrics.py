@@ -3,7 +3,8 @@
 Transports declare their collectors through :func:`counter`, :func:`histogram` and
 :func:`gauge`, which return the already registered collector when the same name is declared
 again, so components can be built many times in one process (tests, several consumers).
-``GET /metrics`` of the default HTTP component serves :func:`exposition`.
+``GET /metrics`` of the default HTTP component serves the registry with prometheus_client's own
+WSGI app.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import threading
 from collections.abc import Sequence
 from typing import TypeVar
 
-import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["CONTENT_TYPE", "counter", "exposition", "gauge", "histogram"]
-
-CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+__all__ = ["counter", "gauge", "histogram"]
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -60,7 +58,3 @@ def histogram(
 ) -> Histogram:
     return _declare(Histogram, name, documentation, labels, buckets=tuple(buckets))
 
-
-def exposition() -> bytes:
-    """The default registry in the Prometheus text format."""
-    return prometheus_client.generate_latest()

@@ -45,6 +45,8 @@ from patron.component import Component, is_alive, is_ready, name_of, stops_last
 from patron.config import Config
 
 if TYPE_CHECKING:  # an HTTP-less service never imports werkzeug
+    from patron.http.component import WSGIMiddleware
+    from patron.http.options import RouteOptions
     from patron.http.routes import Middleware, Mount, Route
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_TIMEOUT", "Service"]
@@ -82,8 +84,9 @@ _Event = _Exited | _Signal | _StopRequested
 class Service:
     """A named, versioned set of components with shared logging, metrics, tracing and health.
 
-    ``routes`` (``patron.http.Route`` and ``patron.http.Mount``) and ``middlewares`` go to the
-    default HTTP component on ``PATRON_HTTP_DEFAULT_PORT``, which also serves ``/alive``,
+    ``routes`` (``patron.http.Route`` and ``patron.http.Mount``), ``middlewares``,
+    ``route_options`` (router-wide :class:`patron.http.RouteOptions`) and ``wsgi_middlewares``
+    go to the default HTTP component on ``PATRON_HTTP_DEFAULT_PORT``, which also serves ``/alive``,
     ``/ready``, ``/metrics`` and ``/debug/``; pass ``default_http=False`` to run without it.
     ``sighup`` is called in the supervisor thread on SIGHUP and the service keeps running; an
     exception from it is logged. ``config`` defaults to :meth:`Config.from_env`, which raises
@@ -98,6 +101,8 @@ class Service:
         components: Iterable[Component] = (),
         routes: Iterable[Route | Mount] = (),
         middlewares: Sequence[Middleware] = (),
+        route_options: RouteOptions | None = None,
+        wsgi_middlewares: Sequence[WSGIMiddleware] = (),
         config: Config | None = None,
         sighup: Callable[[], None] | None = None,
         handle_signals: bool = True,
@@ -115,11 +120,17 @@ class Service:
         self._components: dict[str, Component] = {}
         self._default_http: Component | None = None
         if default_http:
-            from patron.http import HTTPComponent  # an HTTP-less service never imports werkzeug
+            # an HTTP-less service never imports werkzeug
+            from patron.http import NO_OPTIONS, HTTPComponent
 
-            self._default_http = HTTPComponent.default(self.config, self, routes, middlewares)
-        elif any(True for _ in routes) or middlewares:
-            raise ValueError("routes and middlewares need the default HTTP component")
+            self._default_http = HTTPComponent.default(
+                self.config, self, routes, middlewares,
+                route_options=route_options or NO_OPTIONS,
+                wsgi_middlewares=wsgi_middlewares,
+            )
+        elif any(True for _ in routes) or middlewares or route_options or wsgi_middlewares:
+            raise ValueError("routes, middlewares and route options need the default HTTP "
+                             "component")
         for component in components:
             self.add_component(component)
 

@@ -130,3 +130,24 @@ def run() -> Iterator[Callable[[Any], Runner]]:
         runner.stop.set()
     for runner in runners:
         runner.thread.join(30)
+
+
+@pytest.fixture
+def tracer() -> Iterator[Any]:
+    """A real Jaeger tracer, set as the global one for the test, that samples everything and
+    keeps finished spans in memory (``tracer.reporter.get_spans()``)."""
+    import opentracing
+    from jaeger_client import ConstSampler, Tracer
+    from jaeger_client.reporter import InMemoryReporter
+    from opentracing.scope_managers.contextvars import ContextVarsScopeManager
+
+    previous = opentracing.global_tracer()
+    jaeger = Tracer(
+        service_name="patron-tests",
+        reporter=InMemoryReporter(),
+        sampler=ConstSampler(True),
+        scope_manager=ContextVarsScopeManager(),
+    )
+    opentracing.set_global_tracer(jaeger)
+    yield jaeger
+    opentracing.set_global_tracer(previous)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -13,11 +13,17 @@ from werkzeug.exceptions import HTTPException
 from patron.component import Probes
 from patron.config import DEFAULT_GRACE, DEFAULT_HOST, Config, StatusCodes
 from patron.http.management import management_routes
-from patron.http.observe import Observer
+from patron.http.observe import Observer, WSGIApp
+from patron.http.options import NO_OPTIONS, RouteOptions
 from patron.http.routes import Middleware, Mount, Route, Router
 from patron.http.server import Server
 
-__all__ = ["HTTPComponent"]
+__all__ = ["HTTPComponent", "WSGIMiddleware"]
+
+#: a WSGI middleware: takes the app and returns the app wrapped (werkzeug's ``ProxyFix``, say)
+WSGIMiddleware = Callable[[WSGIApp], WSGIApp]
+#: where the router's dispatch hands the matched app to the WSGI middlewares' innermost call
+_MATCHED_APP = "patron.matched_app"
 
 logger = logging.getLogger("patron.http")
 _DEFAULTS = Config()
@@ -48,6 +54,8 @@ class HTTPComponent:
         routes: Iterable[Route | Mount] = (),
         middlewares: Sequence[Middleware] = (),
         *,
+        route_options: RouteOptions = NO_OPTIONS,
+        wsgi_middlewares: Sequence[WSGIMiddleware] = (),
         host: str = DEFAULT_HOST,
         name: str = "http",
         threads: int = _DEFAULTS.http_threads,
@@ -78,11 +86,23 @@ class HTTPComponent:
             grace=grace,
             probes=probes,
         )
-        self._router = Router(routes, middlewares)
+        self._router = Router(routes, middlewares, route_options)
+        # Built once: the innermost call runs the app the router matched for this request.
+        self._dispatch: WSGIApp | None = None
+        if wsgi_middlewares:
+            dispatch: WSGIApp = _call_matched_app
+            for wrap in reversed(wsgi_middlewares):
+                dispatch = wrap(dispatch)
+            self._dispatch = dispatch
         management = list(management)
-        self._management = Router(management)
-        # Management paths are fixed, so a set lookup spares user requests a second match.
+        self._management = Router(management, options=RouteOptions(compression=False))
+        # Management paths are fixed (or fixed up to a variable part), so a set lookup and a
+        # prefix test spare user requests a second match.
         self._management_paths = frozenset(route.pattern for route in management)
+        self._management_prefixes = tuple(
+            route.pattern[:route.pattern.index("<")] for route in management
+            if "<" in route.pattern
+        )
         self._server: Server | None = None
         self._stop_deadline: float | None = None
         self._listening = threading.Event()
@@ -96,6 +116,8 @@ class HTTPComponent:
         routes: Iterable[Route | Mount] = (),
         middlewares: Sequence[Middleware] = (),
         host: str = DEFAULT_HOST,
+        route_options: RouteOptions = NO_OPTIONS,
+        wsgi_middlewares: Sequence[WSGIMiddleware] = (),
     ) -> HTTPComponent:
         """The component a Service runs: on ``config``'s ``PATRON_HTTP_DEFAULT_PORT`` and HTTP
         settings, with the management routes answering from ``probes`` (the Service), closing
@@ -106,6 +128,8 @@ class HTTPComponent:
             cfg.http_default_port,
             routes,
             middlewares,
+            route_options=route_options,
+            wsgi_middlewares=wsgi_middlewares,
             host=host,
             threads=cfg.http_threads,
             read_timeout=cfg.http_read_timeout,
@@ -161,7 +185,10 @@ class HTTPComponent:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """The WSGI entry point; called in a worker thread for every request."""
-        if environ.get("PATH_INFO") in self._management_paths:
+        path = environ.get("PATH_INFO", "")
+        if path in self._management_paths or (
+            self._management_prefixes and path.startswith(self._management_prefixes)
+        ):
             pattern, app = self._management.match(environ)
             if not isinstance(app, HTTPException):
                 try:
@@ -175,4 +202,12 @@ class HTTPComponent:
                     )
                     return [b"Internal Server Error"]
         pattern, app = self._router.match(environ)
+        if self._dispatch is not None:
+            environ[_MATCHED_APP] = app
+            app = self._dispatch
         return self._observe(pattern, app, environ, start_response)
+
+
+def _call_matched_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    app: WSGIApp = environ.pop(_MATCHED_APP)
+    return app(environ, start_response)

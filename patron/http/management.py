@@ -1,12 +1,17 @@
 """Management routes of the default HTTP component: health, metrics and profiling.
 
 ``GET /alive`` and ``GET /ready`` answer 200 or 503 from the Service's probes; ``GET /metrics``
-serves Prometheus. Under ``/debug/``:
+is prometheus_client's own WSGI app (gzip when asked, OpenMetrics when the scraper accepts it,
+``name[]=`` to select metrics). Under ``/debug/``:
 
 * ``GET /debug/threads``: the current stack of every thread, as text;
 * ``GET /debug/profile?seconds=N&format=html|text``: a wall-clock profile of every thread,
   sampled for N seconds (default 5, at most 30) in the worker thread that serves the request and
-  rendered by pyinstrument. One runs at a time: another request meanwhile gets 409.
+  rendered by pyinstrument. One runs at a time: another request meanwhile gets 409;
+* ``GET /debug/log``: the root logger's level (what ``PATRON_LOG_LEVEL`` set);
+  ``POST /debug/log/<level>`` changes it at run time (``debug``, ``info``, ``warning``,
+  ``error``, ``critical``; anything else gets 400), logged at WARNING with the client's address.
+  For the whole process: an embedding program's own loggers under the root follow it too.
 
 Who reaches ``/debug/`` is ``PATRON_PROFILING`` (:attr:`patron.Config.profiling`): ``loopback``
 (the default) serves only clients connecting from a loopback address (127.0.0.0/8, ``::1``, or
@@ -30,6 +35,7 @@ drown the service's own figures.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sys
 import threading
 import time
@@ -38,11 +44,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import prometheus_client
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 from werkzeug.wrappers import Request, Response
 
-from patron import metrics
-from patron.config import PROFILING_MODES
+from patron.config import LOG_LEVELS, PROFILING_MODES
 from patron.http.routes import Handler, ResponseLike, Route
 
 if TYPE_CHECKING:
@@ -58,6 +64,8 @@ PROFILE_INTERVAL = 0.005
 PROFILE_MAX_FRAMES = 50_000
 #: the largest answer of /debug/profile, in bytes
 PROFILE_MAX_BYTES = 8 * 1024 * 1024
+
+logger = logging.getLogger("patron.http")
 
 # pyinstrument frame infos are "function\x00file\x00line": this one names the overflow bucket.
 _OVERFLOW_INFO = "[stacks beyond the limit]\x00<profile>\x000"
@@ -78,8 +86,10 @@ def management_routes(
         ok = ready()
         return Response("ready" if ok else "not ready", status=200 if ok else 503)
 
+    scrape = prometheus_client.make_wsgi_app()
+
     def metrics_handler(request: Request) -> Response:
-        return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+        return Response.from_app(scrape, request.environ)
 
     routes = [
         Route("GET", "/alive", alive_handler),
@@ -88,23 +98,38 @@ def management_routes(
     ]
     if profiling != "off":
         profiler = _Profiler()
-        debug: list[tuple[str, Handler]] = [
-            ("/debug/threads", _threads_handler),
-            ("/debug/profile", profiler.handle),
+        debug: list[tuple[str, str, Handler]] = [
+            ("GET", "/debug/threads", _threads_handler),
+            ("GET", "/debug/profile", profiler.handle),
+            ("GET", "/debug/log", _log_level_handler),
+            ("POST", "/debug/log/<level>", _log_level_handler),
         ]
-        for pattern, handler in debug:
+        for method, pattern, handler in debug:
             if profiling == "loopback":
                 handler = _loopback_only(handler)
-            routes.append(Route("GET", pattern, handler))
+            routes.append(Route(method, pattern, handler))
     return routes
 
 
+def _log_level_handler(request: Request, level: str | None = None) -> Response:
+    root = logging.getLogger()
+    if level is not None:
+        name = level.upper()
+        if name not in LOG_LEVELS:
+            raise BadRequest(f"unknown log level {level!r}: one of {', '.join(LOG_LEVELS)}")
+        previous = logging.getLevelName(root.level)
+        root.setLevel(name)
+        logger.warning("log level changed from %s to %s by %s", previous, name,
+                       request.remote_addr)
+    return Response(logging.getLevelName(root.getEffectiveLevel()) + "\n", mimetype="text/plain")
+
+
 def _loopback_only(handler: Handler) -> Handler:
-    def guarded(request: Request) -> ResponseLike:
+    def guarded(request: Request, **values: str) -> ResponseLike:
         if not _is_loopback(request.remote_addr):
             # The 404 of an unknown path, so a remote client cannot tell the route exists.
             raise NotFound()
-        return handler(request)
+        return handler(request, **values)
 
     return guarded
 

@@ -481,6 +481,10 @@ class Server:
             max_request_body_size=max_body_size + 1,
             max_request_header_size=max_header_size,
             ident="patron",
+            # Forwarding headers reach the app as sent, as with any WSGI server: whom to trust
+            # is the app's call (werkzeug's ProxyFix as a WSGI middleware). Nothing of patron's
+            # reads them: /debug/'s loopback check is the TCP peer's address.
+            clear_untrusted_proxy_headers=False,
             expose_tracebacks=False,
             asyncore_use_poll=True,
         )

@@ -5,12 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import opentracing
 import pytest
-from jaeger_client import Tracer
-from jaeger_client.reporter import InMemoryReporter
-from jaeger_client.sampler import ConstSampler
-from opentracing.scope_managers.contextvars import ContextVarsScopeManager
 
 from patron.grpc import GRPCComponent
 from tests.grpc.helpers import Running
@@ -43,17 +38,3 @@ def serve(echo: Echo) -> Iterator[Callable[..., Running]]:
     for running in started:
         running.shutdown()
 
-
-@pytest.fixture
-def tracer() -> Iterator[Any]:
-    """A real Jaeger tracer that samples everything and keeps finished spans in memory."""
-    previous = opentracing.global_tracer()
-    jaeger = Tracer(
-        service_name="grpc-tests",
-        reporter=InMemoryReporter(),
-        sampler=ConstSampler(True),
-        scope_manager=ContextVarsScopeManager(),
-    )
-    opentracing.set_global_tracer(jaeger)
-    yield jaeger
-    opentracing.set_global_tracer(previous)

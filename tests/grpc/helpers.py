@@ -38,13 +38,3 @@ class Running(Runner):
         """Set the stop event and wait for ``run`` to return; fail if it does not."""
         self.finish(timeout)
 
-
-def span_tags(span: Any) -> dict[str, object]:
-    """A Jaeger span's tags as a plain dict."""
-    values: dict[str, object] = {}
-    for tag in span.tags:
-        for value in (tag.vStr, tag.vBool, tag.vLong, tag.vDouble):
-            if value is not None:
-                values[tag.key] = value
-                break
-    return values

@@ -12,8 +12,9 @@ from patron import correlation
 from patron.grpc import channel
 from samples.greeter_pb2 import HelloRequest
 from tests.conftest import free_port, wait_for
-from tests.grpc.helpers import Running, metric, span_tags
+from tests.grpc.helpers import Running, metric
 from tests.grpc.servers import Echo, EchoStub
+from tests.support.jaeger import span_tags
 
 Serve = Callable[..., Running]
 

@@ -18,8 +18,9 @@ from samples.greeter_pb2 import HelloRequest
 from samples.greeter_pb2_grpc import GreeterStub, add_GreeterServicer_to_server
 from samples.grpc_greeter import Greeter
 from tests.conftest import wait_for
-from tests.grpc.helpers import Running, handled, metric, span_tags
+from tests.grpc.helpers import Running, handled, metric
 from tests.grpc.servers import SECRET, Echo, EchoStub, method
+from tests.support.jaeger import span_tags
 
 Serve = Callable[..., Running]
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from patron import Component, Config, Service
-from patron.http import HTTPComponent, Middleware, Mount, Route
+from patron.http import HTTPComponent, Middleware, Mount, Route, RouteOptions, WSGIMiddleware
 from tests.conftest import wait_for
 from tests.support.metrics import await_sample, sample
 
@@ -81,7 +81,8 @@ Serve = Callable[..., Running]
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    """``serve(routes=..., middlewares=..., components=..., **config)`` starts a Service.
+    """``serve(routes=..., middlewares=..., route_options=..., wsgi_middlewares=...,
+    components=..., **config)`` starts a Service.
 
     Config fields override the defaults (port 0, so the kernel picks one). Every Service
     started is stopped at the end of the test, and must stop within 10 s.
@@ -93,6 +94,8 @@ def serve() -> Iterator[Serve]:
         middlewares: Sequence[Middleware] = (),
         components: Iterable[Component] = (),
         config: Config | None = None,
+        route_options: RouteOptions | None = None,
+        wsgi_middlewares: Sequence[WSGIMiddleware] = (),
         **settings: Any,
     ) -> Running:
         if config is None:
@@ -102,6 +105,8 @@ def serve() -> Iterator[Serve]:
             "1.0",
             routes=routes,
             middlewares=middlewares,
+            route_options=route_options,
+            wsgi_middlewares=wsgi_middlewares,
             components=components,
             config=config,
         )

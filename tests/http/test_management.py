@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import logging
 import socket
 import sys
 import threading
@@ -393,3 +394,73 @@ def test_a_text_profile_over_the_answer_limit_is_cut_at_a_line(
     assert tail.endswith(f"bytes, over the {limit}-byte limit.]\n")
     assert text.endswith("\n")  # whole lines only
     assert "Recorded:" in text  # the start of pyinstrument's rendering is kept
+
+
+def test_metrics_is_prometheus_clients_own_app(serve: Serve) -> None:
+    import gzip
+
+    running = serve()
+    plain = running.get("/metrics")
+    assert plain.status == 200
+    assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    names = {family.name for family in text_string_to_metric_families(plain.text)}
+    assert "process_cpu_seconds" in names
+
+    zipped = running.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert b"process_cpu_seconds_total" in gzip.decompress(zipped.body)
+
+    open_metrics = running.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert open_metrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
+
+    selected = running.get("/metrics?name[]=process_cpu_seconds_total")
+    families = {family.name for family in text_string_to_metric_families(selected.text)}
+    assert families == {"process_cpu_seconds"}
+
+
+@pytest.fixture
+def root_level() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+def test_debug_log_reads_and_changes_the_log_level_at_run_time(
+    serve: Serve, root_level: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = serve()
+    logging.getLogger().setLevel(logging.INFO)
+    assert running.get("/debug/log").text == "INFO\n"
+
+    with caplog.at_level(logging.WARNING, logger="patron.http"):
+        changed = running.request("POST", "/debug/log/debug", body=b"")
+    assert (changed.status, changed.text) == (200, "DEBUG\n")
+    assert logging.getLogger().level == logging.DEBUG
+    assert "log level changed from INFO to DEBUG by 127.0.0.1" in caplog.text
+    assert running.get("/debug/log").text == "DEBUG\n"
+
+    refused = running.request("POST", "/debug/log/verbose", body=b"")
+    assert refused.status == 400
+    assert logging.getLogger().level == logging.DEBUG
+
+
+def test_debug_log_is_hidden_from_a_non_loopback_client_by_default(
+    serve: Serve, remote_address: str, root_level: None
+) -> None:
+    running = serve()
+    level = logging.getLogger().level
+    conn = http.client.HTTPConnection(remote_address, running.port, timeout=10,
+                                      source_address=(remote_address, 0))
+    try:
+        conn.request("POST", "/debug/log/critical", body=b"")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 404
+    assert logging.getLogger().level == level
+    assert _get_from(remote_address, running.port, "/debug/log").status == 404

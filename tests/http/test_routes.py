@@ -298,3 +298,160 @@ def test_mount_prefixes_are_validated() -> None:
     for prefix in ("legacy", "/legacy/", ""):
         with pytest.raises(ValueError, match="mount prefix"):
             Mount(prefix, _environ_echo("x"))
+
+
+# -- what Flask users expect -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "status", "body", "header"),
+    [
+        (("created", 201), 201, b"created", None),
+        (({"id": 7}, "202 Accepted"), 202, b'{"id": 7}', None),
+        (("teapot", 418, {"X-Kind": "tea"}), 418, b"teapot", "tea"),
+        ((b"raw", 200, [("X-Kind", "pairs")]), 200, b"raw", "pairs"),
+        ((Response("wrapped"), 203), 203, b"wrapped", None),
+        ((None, 202), 202, b"", None),
+    ],
+)
+def test_flask_style_tuples_set_the_status_and_headers(
+    serve: Serve, result: Any, status: int, body: bytes, header: str | None
+) -> None:
+    running = serve(routes=[Route("GET", "/tuple", lambda request: result)])
+    reply = running.get("/tuple")
+    assert (reply.status, reply.body) == (status, body)
+    assert reply.headers["X-Kind"] == header
+
+
+def test_tuple_headers_replace_what_the_body_set(serve: Serve) -> None:
+    result = ({"a": 1}, 200, {"Content-Type": "application/vnd.patron+json"})
+    running = serve(routes=[Route("GET", "/typed", lambda request: result)])
+    conn = running.connection()
+    try:
+        conn.request("GET", "/typed")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.headers.get_all("Content-Type") == ["application/vnd.patron+json"]
+
+
+def test_a_handler_returning_none_answers_204_without_a_body(serve: Serve) -> None:
+    running = serve(routes=[Route("DELETE", "/items/<int:item_id>", lambda request, item_id: None)])
+    reply = running.request("DELETE", "/items/3")
+    assert (reply.status, reply.body) == (204, b"")
+    assert reply.headers["Content-Length"] in (None, "0")
+
+
+@pytest.mark.parametrize("result", [("body",), ("body", 200, {}, "extra"), ("body", 2.5)])
+def test_a_malformed_tuple_gets_a_500(serve: Serve, result: Any) -> None:
+    reply = serve(routes=[Route("GET", "/bad", lambda request: result)]).get("/bad")
+    assert (reply.status, reply.body) == (500, b"Internal Server Error")
+
+
+def test_a_root_mount_serves_everything_the_routes_and_management_do_not(serve: Serve) -> None:
+    running = serve(routes=[
+        Mount("/", _environ_echo("legacy")),
+        Mount("/admin", _environ_echo("admin")),
+        Route("GET", "/orders/<int:order_id>", lambda request, order_id: f"order {order_id}"),
+    ])
+    labels = {"method": "GET", "path": "/*", "status_code": "200"}
+    before = sample("component_http_handled_total", **labels)
+
+    assert running.get("/orders/1").body == b"order 1"  # the service's own route wins
+    assert running.get("/ready").body == b"ready"  # and the management routes
+    seen = json.loads(running.get("/orders/not-a-number").body)  # no route: the app
+    assert (seen["app"], seen["SCRIPT_NAME"], seen["PATH_INFO"]) == (
+        "legacy", "", "/orders/not-a-number"
+    )
+    seen = json.loads(running.request("POST", "/orders/1", body=b"").body)  # other methods too
+    assert seen["app"] == "legacy"
+    assert json.loads(running.get("/admin/x").body)["app"] == "admin"  # a longer prefix wins
+    seen = json.loads(running.get("/").body)
+    assert (seen["SCRIPT_NAME"], seen["PATH_INFO"]) == ("", "/")
+
+    # Counted under one bounded label, never the raw URL.
+    await_sample("component_http_handled_total", before + 2, **labels)
+    assert sample("component_http_handled_total", method="GET", path="/orders/not-a-number",
+                  status_code="200") == 0
+
+
+def test_wsgi_middlewares_wrap_routes_and_mounts_inside_the_observability_chain(
+    serve: Serve,
+) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    seen: list[BaseException] = []
+
+    def catching(app: Any) -> Any:  # what Sentry's WSGI middleware does with an exception
+        def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            try:
+                return app(environ, start_response)
+            except Exception as exc:
+                seen.append(exc)
+                raise
+
+        return wrapped
+
+    def remote(request: Request) -> str:
+        return f"{request.remote_addr} {request.scheme}"
+
+    def boom(request: Request) -> str:
+        raise RuntimeError("seen by the middleware")
+
+    running = serve(
+        routes=[Route("GET", "/remote", remote), Route("GET", "/boom", boom),
+                Mount("/legacy", _environ_echo("legacy"))],
+        wsgi_middlewares=[lambda app: ProxyFix(app, x_for=1, x_proto=1), catching],
+    )
+    reply = running.get("/remote", headers={"X-Forwarded-For": "203.0.113.9",
+                                            "X-Forwarded-Proto": "https"})
+    assert reply.body == b"203.0.113.9 https"
+    assert running.get("/legacy/x").status == 200
+
+    cid = "wsgi-mw-1"
+    reply = running.get("/boom", headers={correlation.HEADER: cid})
+    # The middleware saw the exception; the recovery outside it still answered a bare 500,
+    # with the correlation id: the chain is around the middlewares.
+    assert (reply.status, reply.body) == (500, b"Internal Server Error")
+    assert reply.headers[correlation.HEADER] == cid
+    assert [str(exc) for exc in seen] == ["seen by the middleware"]
+    # The management routes are not behind them: a forwarded address cannot reach /debug/.
+    assert running.get("/alive").status == 200
+
+
+def test_app_headers_are_on_every_answer_of_the_routes_that_ask(serve: Serve) -> None:
+    from patron.http import AppHeaders, RouteOptions
+
+    def refuse(request: Request) -> str:
+        raise Forbidden()
+
+    running = serve(
+        routes=[
+            Route("GET", "/plain", lambda request: "plain"),
+            Route("GET", "/refused", refuse),
+            Route("GET", "/quiet", lambda request: "quiet",
+                  options=RouteOptions(app_headers=False)),
+        ],
+        route_options=RouteOptions(app_headers=AppHeaders("orders", "1.2.3")),
+    )
+    for path, status in (("/plain", 200), ("/refused", 403)):
+        reply = running.get(path)
+        assert reply.status == status
+        assert (reply.headers["X-App-Name"], reply.headers["X-App-Version"]) == (
+            "orders", "1.2.3"
+        ), path
+    quiet = running.get("/quiet")
+    assert quiet.headers["X-App-Name"] is None
+    assert running.get("/ready").headers["X-App-Name"] is None  # management routes: untouched
+
+
+def test_route_options_take_unset_fields_from_the_router_wide_ones() -> None:
+    from patron.http import AppHeaders, RouteOptions
+
+    router_wide = RouteOptions(app_headers=AppHeaders("a", "1"), compression=False)
+    route = RouteOptions(compression=None, app_headers=False)
+    merged = route.over(router_wide)
+    assert merged.app_headers is False  # turned off by the route
+    assert merged.compression is False  # taken from the router
+    assert merged.layers() == []

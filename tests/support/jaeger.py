@@ -45,6 +45,11 @@ def _tag_value(tag: Any) -> object:
     return None
 
 
+def span_tags(span: Any) -> dict[str, object]:
+    """The tags of a span a Jaeger tracer finished (an ``InMemoryReporter``'s) as a dict."""
+    return {tag.key: _tag_value(tag) for tag in span.tags}
+
+
 @dataclasses.dataclass(frozen=True)
 class CapturedSpan:
     """One span as the agent received it. Ids are unsigned integers."""
