@@ -29,6 +29,13 @@ compressed, the default for user routes) against the same route asked without it
 ``/cached/world`` (a cache hit of a ``MemoryStore``) against ``/render/world``, the same handler
 (a 200-item JSON document) without a cache.
 
+With ``--tracing``, three more patron servers run the same rounds, to price the tracing
+backends (``PATRON_TRACING``): ``patron-jaeger-on`` (Jaeger, every request sampled and sent to
+a UDP sink), ``patron-otel-off`` (OpenTelemetry, ``parentbased_always_off``) and
+``patron-otel-on`` (OpenTelemetry, every request sampled and exported over OTLP/HTTP to a sink
+in this process); ``patron`` itself is Jaeger with the default sampler (nothing sampled). Each
+prints ``RATIO <server>/waitress``.
+
 The last line is ``RATIO patron/waitress <value>`` (requests/s at 32 connections).
 """
 
@@ -40,6 +47,7 @@ import os
 import platform
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +75,7 @@ HOST = "127.0.0.1"
 PATH = "/hello/world"
 EXPECTED_BODY = b"Hello, world!\n"
 SERVERS = ("patron", "waitress", "werkzeug")
+TRACING_SERVERS = ("patron-jaeger-on", "patron-otel-off", "patron-otel-on")
 START_TIMEOUT = 30.0
 STARTUP_POLL = 0.005
 IDLE_SETTLE = 0.5  # seconds after the first 200 before reading the idle RSS
@@ -128,14 +137,9 @@ def _serve_patron(threads: int) -> int:
     from patron.config import Config
     from patron.http import Cache, HTTPComponent, MemoryStore, Route, RouteOptions
 
-    cfg = dataclasses.replace(
-        Config.from_env(),
-        http_default_port=0,
-        http_threads=threads,
-        log_level="INFO",
-        jaeger_sampler_type="probabilistic",
-        jaeger_sampler_param=0.0,
-    )
+    # The tracing of a --tracing server comes from the environment its parent gave it.
+    cfg = dataclasses.replace(Config.from_env(), http_default_port=0, http_threads=threads,
+                              log_level="INFO")
     service = Service("bench-http", "1.0.0", default_http=False, config=cfg)
     # The default HTTP component, bound to loopback instead of every interface.
     cached = RouteOptions(cache=Cache(MemoryStore(), ttl=3600))
@@ -172,7 +176,53 @@ def _serve_werkzeug(threads: int) -> int:
     return 0
 
 
-_SERVE = {"patron": _serve_patron, "waitress": _serve_waitress, "werkzeug": _serve_werkzeug}
+_SERVE = {
+    "patron": _serve_patron, "waitress": _serve_waitress, "werkzeug": _serve_werkzeug,
+    **{name: _serve_patron for name in TRACING_SERVERS},
+}
+
+
+class _Sinks:
+    """Where the sampled servers send their spans: a UDP socket for Jaeger (never read: the
+    kernel drops what does not fit) and an OTLP/HTTP endpoint answering 200 to every export."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        class Accept(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((HOST, 0))
+        self.otlp = http.server.ThreadingHTTPServer((HOST, 0), Accept)
+        threading.Thread(target=self.otlp.serve_forever, name="otlp-sink", daemon=True).start()
+
+    def environ(self, server: str) -> dict[str, str]:
+        """The environment of the ``server`` subprocess: its tracing backend and sampler."""
+        jaeger = {"PATRON_TRACING": "jaeger", "PATRON_JAEGER_SAMPLER_TYPE": "probabilistic",
+                  "PATRON_JAEGER_SAMPLER_PARAM": "0", "PATRON_JAEGER_AGENT_HOST": HOST,
+                  "PATRON_JAEGER_AGENT_PORT": str(self.udp.getsockname()[1])}
+        otel = {"PATRON_TRACING": "otel",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{self.otlp.server_port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+        return {
+            "patron-jaeger-on": {**jaeger, "PATRON_JAEGER_SAMPLER_TYPE": "const",
+                                 "PATRON_JAEGER_SAMPLER_PARAM": "1"},
+            "patron-otel-off": {**otel, "OTEL_TRACES_SAMPLER": "parentbased_always_off"},
+            "patron-otel-on": {**otel, "OTEL_TRACES_SAMPLER": "always_on"},
+        }.get(server, jaeger)
+
+    def close(self) -> None:
+        self.otlp.shutdown()
+        self.otlp.server_close()
+        self.udp.close()
 
 
 class ServerProcess:
@@ -182,7 +232,7 @@ class ServerProcess:
     process, :meth:`wait_ready` reads its port. :meth:`terminate` then :meth:`close` stop it.
     """
 
-    def __init__(self, name: str, threads: int) -> None:
+    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = 0
         self.idle_rss_kib = 0
@@ -190,6 +240,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.http", "--serve", name, "--threads", str(threads)],
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -426,7 +477,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="start-up measurements of samples.hello (default 5, 0: none)")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator: wrk if installed (auto), or force one")
-    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--tracing", action="store_true",
+                        help="also run " + ", ".join(TRACING_SERVERS) + " (see above)")
+    parser.add_argument("--serve", choices=SERVERS + TRACING_SERVERS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -466,9 +519,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[ServerProcess] = []
     runs: dict[tuple[str, int], Runs] = {}
     option_runs: dict[str, Runs] = {}
+    sinks = _Sinks()
+    if args.tracing:
+        servers_wanted = [*servers_wanted, *TRACING_SERVERS]
     try:
         for name in servers_wanted:
-            servers.append(ServerProcess(name, threads))
+            servers.append(ServerProcess(name, threads, sinks.environ(name)))
         for server in servers:
             server.wait_ready()
         for server in servers:
@@ -495,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.terminate()
         for server in servers:
             server.close()
+        sinks.close()
 
     print()
     print(f"medians over {args.rounds} round(s):")
@@ -528,6 +585,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu = _ratio(other.cpu, patron.cpu)
             print(f"  c={conns:<3} patron/{baseline:<9} {value:5.2f}   rounds {rounds}   "
                   f"cpu {cpu:.2f}   p99 {patron.p99:.2f} ms vs {other.p99:.2f} ms")
+    tracing_ratios: dict[str, float] = {}
+    if "waitress" in names:
+        for name in TRACING_SERVERS:
+            if name not in names:
+                continue
+            mine_runs = runs[(name, max(connections))].results
+            theirs_runs = runs[("waitress", max(connections))].results
+            value = tracing_ratios[name] = median([
+                _ratio(mine.requests_per_s, theirs.requests_per_s)
+                for mine, theirs in zip(mine_runs, theirs_runs, strict=True)
+            ])
+            print(f"  c={max(connections):<3} {name}/waitress {value:5.2f}   cpu "
+                  f"{runs[(name, max(connections))].cpu:.0f} us/req")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (other work on the machine "
           "makes single rounds noisy; compare ratios, not absolute figures)")
 
@@ -548,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"target {label}: {value:.3f} {op} {target:g}: {'met' if ok else 'MISSED'}")
     for row, value in option_ratios.items():
         print(f"RATIO {row} {value:.2f}")
+    for name, value in tracing_ratios.items():
+        print(f"RATIO {name}/waitress {value:.2f}")
     if ("werkzeug", 32) in ratios:
         print(f"RATIO patron/werkzeug {ratios[('werkzeug', 32)]:.2f}")
     if ("waitress", 32) in ratios:

@@ -159,6 +159,8 @@ def _choice(options: Iterable[str], upper: bool = False) -> Callable[[str], str]
 
 
 PROFILING_MODES = ("off", "loopback", "on")
+#: ``PATRON_TRACING``: Jaeger's client (the default), the OpenTelemetry SDK, or no spans at all
+TRACING_BACKENDS = ("jaeger", "otel", "off")
 
 
 def _parse_profiling(text: str) -> str:
@@ -194,6 +196,7 @@ class Config:
     http_status_error_logging: StatusCodes = StatusCodes(ranges=((500, 600),))
     log_level: str = "INFO"
     log_format: str = "text"
+    tracing: str = "jaeger"
     jaeger_agent_host: str = "0.0.0.0"
     jaeger_agent_port: int = 6831
     jaeger_sampler_type: str = "probabilistic"
@@ -289,6 +292,9 @@ _VARIABLES = {
         "PATRON_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "one of " + ", ".join(LOG_LEVELS)
     ),
     "log_format": _Variable("PATRON_LOG_FORMAT", _choice(("text", "json")), "text or json"),
+    "tracing": _Variable(
+        "PATRON_TRACING", _choice(TRACING_BACKENDS), "one of " + ", ".join(TRACING_BACKENDS)
+    ),
     "jaeger_agent_host": _Variable("PATRON_JAEGER_AGENT_HOST", str.strip, "a host name"),
     "jaeger_agent_port": _Variable(
         "PATRON_JAEGER_AGENT_PORT", _parse_port, "a port number from 0 to 65535"

@@ -1,7 +1,9 @@
 """Logging through the standard library, with service and correlation fields on every record.
 
 :func:`setup` installs a log-record factory that stamps each record with ``srv``, ``ver``,
-``host`` and ``correlationID`` (the current correlation id, or ``""``), so a host application's
+``host``, ``correlationID`` (the current correlation id, or ``""``) and, inside a span,
+``trace_id`` and ``span_id`` (lower-case hex, as Grafana and Kibana join them with the traces;
+``""`` outside a span), so a host application's
 own handlers and formatters keep working and may use those fields. A handler with patron's text
 or JSON formatter is added to the root logger only when the root has none, so an application
 that configured logging itself keeps its configuration.
@@ -17,11 +19,11 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from patron import correlation
+from patron import correlation, tracing
 
 __all__ = ["JSONFormatter", "TextFormatter", "setup"]
 
-RESERVED_FIELDS = ("srv", "ver", "host", "correlationID")
+RESERVED_FIELDS = ("srv", "ver", "host", "correlationID", "trace_id", "span_id")
 
 _fields: dict[str, str] = {}
 _factory_lock = threading.Lock()
@@ -43,6 +45,8 @@ def _install_record_factory() -> None:
             record = previous(*args, **kwargs)
             record.__dict__.update(_fields)
             record.correlationID = correlation.current() or ""
+            ids = tracing.current_ids()
+            record.trace_id, record.span_id = ids if ids is not None else ("", "")
             return record
 
         logging.setLogRecordFactory(factory)

@@ -90,7 +90,9 @@ class Service:
     ``/ready``, ``/metrics`` and ``/debug/``; pass ``default_http=False`` to run without it.
     ``sighup`` is called in the supervisor thread on SIGHUP and the service keeps running; an
     exception from it is logged. ``config`` defaults to :meth:`Config.from_env`, which raises
-    :class:`patron.config.ConfigError` on a bad variable.
+    :class:`patron.config.ConfigError` on a bad variable. ``tracer`` (an OpenTracing tracer or
+    an OpenTelemetry ``TracerProvider`` the host set up) is used instead of the one
+    ``PATRON_TRACING`` names, and never closed by the Service (see :mod:`patron.tracing`).
     """
 
     def __init__(
@@ -108,12 +110,16 @@ class Service:
         handle_signals: bool = True,
         default_http: bool = True,
         log_fields: Mapping[str, str] | None = None,
+        tracer: Any = None,
     ) -> None:
         if not name:
             raise ValueError("a service needs a name")
         self.name = name
         self.version = version or "dev"
         self.config = config if config is not None else Config.from_env()
+        if tracer is None:
+            tracing.check(self.config)
+        self._tracer = tracer
         self._sighup = sighup
         self._handle_signals = handle_signals
         self._log_fields = dict(log_fields or {})
@@ -278,7 +284,7 @@ class Service:
             raise RuntimeError(f"service {self.name!r} was already started")
         cfg = self.config
         log.setup(self.name, self.version, cfg.log_level, cfg.log_format, self._log_fields)
-        tracing.setup(self.name, cfg)
+        tracing.setup(self.name, cfg, self.version, self._tracer)
         self._started = True
         for name, component in self.components.items():
             stop = threading.Event()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from patron import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, Config, Service
+from patron import EXIT_FAILURE, EXIT_OK, EXIT_TIMEOUT, Config, Service, tracing
 
 FAST = Config(shutdown_timeout=2.0, drain_delay=0.0)
 
@@ -278,7 +278,10 @@ class _BrokenStream(logging.Handler):
 
 def test_wait_returns_even_when_the_shutdown_itself_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    close = tracing.close
+
     def broken_close(timeout: float) -> bool:
+        close(timeout)  # the tracer is closed (the next test starts clean), then it fails
         raise RuntimeError("tracer gone")
 
     broken = _BrokenStream()
@@ -388,10 +391,11 @@ def test_every_component_learns_the_shutdown_deadline_before_it_is_stopped() -> 
 def test_the_span_flush_gets_what_is_left_of_the_budget_but_at_least_half_a_second(
         monkeypatch: pytest.MonkeyPatch) -> None:
     flushes: list[float] = []
+    real_close = tracing.close
 
     def close(timeout: float) -> bool:
         flushes.append(timeout)
-        return True
+        return real_close(0.1)  # each Service's tracer is closed: the next one starts clean
 
     monkeypatch.setattr("patron.tracing.close", close)
     stubborn = Stubborn()

@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import opentracing
 from opentracing.ext import tags
 
 from patron import correlation, metrics, tracing
@@ -102,7 +101,7 @@ class ClientInterceptor(
         metadata = list(details.metadata or ())
         carrier: dict[str, str] = {}
         try:
-            span.tracer.inject(span.context, opentracing.Format.TEXT_MAP, carrier)
+            tracing.inject(carrier, span)
         except Exception:  # tracing must never fail the call
             carrier = {}
         metadata.extend(carrier.items())

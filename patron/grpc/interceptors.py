@@ -6,8 +6,8 @@ clock read instead of five. Per RPC, in the grpcio worker thread that runs the h
 1. **Correlation id**: read from the ``x-correlation-id`` metadata key, or a new UUID4 when it
    is missing or not a sane id; current (:func:`patron.correlation.current`) while user code runs.
 2. **Tracing**: a server span named ``gRPC-server /pkg.Service/Method`` continuing the caller's
-   trace from the metadata (Jaeger's ``uber-trace-id``), active while user code runs, finished
-   when the RPC ends and tagged ``error`` unless it ended ``OK``.
+   trace from the metadata (W3C ``traceparent`` or Jaeger's ``uber-trace-id``), active while
+   user code runs, finished when the RPC ends and tagged ``error`` unless it ended ``OK``.
 3. **Recovery**: an exception escaping the handler becomes status ``INTERNAL`` with the details
    ``internal error``; its text and traceback go to the log, never to the caller. A status the
    handler chose (``context.abort()``, or ``context.set_code()`` before raising) is kept, with the
@@ -101,14 +101,16 @@ class _Method:
         self.error_codes = error_codes
         self._children: dict[grpc.StatusCode, tuple[Any, Any]] = {}
 
-    def observe(self, code: grpc.StatusCode, seconds: float) -> None:
+    def observe(self, code: grpc.StatusCode, seconds: float, span: Any = None) -> None:
+        """Count the RPC; a sampled ``span`` gives the latency sample its trace as exemplar."""
         children = self._children.get(code)
         if children is None:  # label lookups take a lock; do them once per (method, code)
             labels = (self.kind, self.service, self.method, code_name(code))
             children = (_handled.labels(*labels), _latency.labels(*labels))
             self._children[code] = children
         children[0].inc()
-        children[1].observe(seconds)
+        found = tracing.ids(span) if span is not None and tracing.is_sampled(span) else None
+        children[1].observe(seconds, {"trace_id": found[0]} if found else None)
 
 
 def _server_span(operation: str, carrier: dict[str, Any], cid: str) -> Any:
@@ -164,7 +166,7 @@ class _Call:
         self._done = True
         seconds = time.perf_counter() - self.started
         method = self.method
-        method.observe(code, seconds)
+        method.observe(code, seconds, self.span)
         if code is not _OK:
             self.span.set_tag(tags.ERROR, True)
             if error is not None:
@@ -179,7 +181,9 @@ class _Call:
             level = logging.ERROR
         extra = {"grpc_service": method.service, "grpc_method": method.method,
                  "grpc_code": code_name(code), "duration": round(seconds, 6)}
-        with correlation.correlation_id(self.cid):
+        # The span again, finished but current, so the line carries its trace id.
+        with correlation.correlation_id(self.cid), \
+                self.span.tracer.scope_manager.activate(self.span, False):
             if error is not None:
                 logger.error("grpc: %s raised %s; answered INTERNAL", method.full,
                              type(error).__name__, exc_info=error, extra=extra)

@@ -64,7 +64,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import opentracing
 import urllib3
 from opentracing.ext import tags
 from urllib3 import exceptions as u3
@@ -493,7 +492,7 @@ class HTTPClient:
             span.set_tag(tags.HTTP_METHOD, method)
             span.set_tag(tags.HTTP_URL, url.split("?", 1)[0])
         with contextlib.suppress(Exception):  # tracing must never fail the call
-            span.tracer.inject(span.context, opentracing.Format.TEXT_MAP, send)
+            tracing.inject(send, span)
 
         label = method if method in _KNOWN_METHODS else "OTHER"
         try:

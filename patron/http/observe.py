@@ -2,7 +2,8 @@
 
 Order, outermost first: recovery (an exception becomes a bare 500, its text never sent) →
 correlation id (from ``X-Correlation-Id`` or new; set for the request's context and echoed on the
-response) → tracing span ``"<METHOD> <pattern>"`` continuing an incoming Jaeger trace, and the
+response) → tracing span ``"<METHOD> <pattern>"`` continuing an incoming trace (W3C
+``traceparent`` or Jaeger's ``uber-trace-id``), and the
 request log line (ERROR for the configured statuses, DEBUG otherwise) → metrics
 ``component_http_handled_total`` / ``component_http_handled_seconds`` → the application.
 
@@ -46,13 +47,16 @@ _METHODS = frozenset(
 )
 _INTERNAL_ERROR = b"Internal Server Error"
 _CORRELATION_ENVIRON = "HTTP_X_CORRELATION_ID"
-_TRACE_ENVIRON_PREFIXES = ("HTTP_UBER_TRACE_ID", "HTTP_UBERCTX_")
+# The headers a trace context arrives in: W3C trace context and baggage, and Jaeger's.
+_TRACE_ENVIRON_PREFIXES = (
+    "HTTP_TRACEPARENT", "HTTP_TRACESTATE", "HTTP_BAGGAGE", "HTTP_UBER_TRACE_ID", "HTTP_UBERCTX_",
+)
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 def _trace_carrier(environ: dict[str, Any]) -> dict[str, str] | None:
-    if "HTTP_UBER_TRACE_ID" not in environ:
+    if "HTTP_TRACEPARENT" not in environ and "HTTP_UBER_TRACE_ID" not in environ:
         return None
     return {
         key[5:].replace("_", "-").lower(): value
@@ -147,20 +151,24 @@ class _Exchange:
             if len(_children) < _CHILDREN_CACHE_SIZE:
                 _children[labels] = children
         children[0].inc()
-        children[1].observe(elapsed)
         span = self._span_scope.span
         if tracing.is_sampled(span):
             span.set_tag("http.status_code", status)
             if status >= 500:
                 span.set_tag("error", True)
-        self._span_scope.close()
+            # The trace behind this sample, shown to a scraper that asks for OpenMetrics.
+            found = tracing.ids(span)
+            children[1].observe(elapsed, {"trace_id": found[0]} if found else None)
+        else:
+            children[1].observe(elapsed)
         level = logging.ERROR if status in self._observer._error_statuses else logging.DEBUG
-        if logger.isEnabledFor(level):
+        if logger.isEnabledFor(level):  # inside the span: the line carries its trace id
             logger.log(
                 level,
                 "%s %s %d %.1fms", self.method, self.pattern, status, elapsed * 1000,
                 extra={"method": self.method, "path": self.pattern, "status": status},
             )
+        self._span_scope.close()
         correlation.unbind(self._cid_token)
 
 

@@ -47,8 +47,9 @@ import math
 import threading
 from typing import TYPE_CHECKING, Any
 
-import opentracing
 from werkzeug.wrappers import Response
+
+from patron import tracing
 
 if TYPE_CHECKING:
     from patron.http.options import NextHandler
@@ -157,7 +158,7 @@ class Timeout:
                 )
                 return _unavailable(_EXHAUSTED)
             call = _Call()
-            parent = opentracing.global_tracer().active_span
+            parent = tracing.tracer().active_span
             thread = threading.Thread(
                 target=run,
                 args=(call, request, contextvars.copy_context(), parent),

@@ -256,3 +256,25 @@ def test_a_const_sampler_from_the_environment_samples() -> None:
             assert running.get("/hello/env").status == 200
         spans = capture.spans(count=1, timeout=2)
     assert [s.operation for s in spans] == ["GET /hello/<name>"]
+
+
+def test_a_sampled_request_is_an_exemplar_of_the_duration_histogram(serve: Serve) -> None:
+    running = serve(routes=[Route("GET", "/traced/<name>", lambda request, name: name)],
+                    jaeger_sampler_type="const", jaeger_sampler_param=1)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    reply = running.get("/traced/x", headers={
+        "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+    assert reply.status == 200
+
+    def exemplars() -> list[str]:
+        text = running.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        ).text
+        return [line for line in text.splitlines()
+                if line.startswith("component_http_handled_seconds_bucket")
+                and 'path="/traced/<name>"' in line and "# {" in line]
+
+    found = wait_for(exemplars, timeout=5)
+    assert any(f'trace_id="{trace_id}"' in line for line in found), found
+    plain = running.get("/metrics").text  # the classic format has no exemplars
+    assert trace_id not in plain

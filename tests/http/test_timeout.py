@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import opentracing
 import pytest
 from opentracing.mocktracer import MockTracer
 
@@ -142,19 +141,15 @@ def test_the_correlation_id_and_span_are_visible_in_the_handler_thread(
     def handler(request: Request) -> str:
         seen["thread"] = threading.current_thread().name
         seen["correlation"] = correlation.current()
-        seen["span"] = opentracing.global_tracer().active_span
+        seen["span"] = tracing.tracer().active_span
         return "ok"
 
     running = served(serve, handler, Timeout(5.0))
     # Installed once the Service has set up its own tracer: OpenTracing's mock tracer keeps the
     # active span per thread, not in the context, and samples every span.
-    previous = opentracing.global_tracer()
-    opentracing.set_global_tracer(MockTracer())
-    monkeypatch.setattr(tracing, "_never_samples", False)
-    try:
-        reply = running.get("/slow", headers={correlation.HEADER: "cid-in-the-pool"})
-    finally:
-        opentracing.set_global_tracer(previous)
+    monkeypatch.setattr(tracing._state, "tracer", MockTracer())
+    monkeypatch.setattr(tracing._state, "never_samples", False)
+    reply = running.get("/slow", headers={correlation.HEADER: "cid-in-the-pool"})
 
     assert reply.status == 200
     assert seen["thread"].startswith("patron-timeout-")
