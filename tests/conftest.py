@@ -39,6 +39,21 @@ def http_status(port: int, path: str, timeout: float = 2.0) -> int:
         conn.close()
 
 
+def start_ready(
+    start: Callable[..., ServiceProcess], target: str, timeout: float = 20.0, **env: str
+) -> tuple[ServiceProcess, int]:
+    """``start(target)`` (the ``service_process`` fixture) on a free port; returns the process
+    and the port once ``/ready`` answers 200, or fails with the process's output."""
+    port = free_port()
+    process = start(target, PATRON_HTTP_DEFAULT_PORT=str(port), **env)
+    try:
+        wait_for(lambda: http_status(port, "/ready") == 200, timeout=timeout)
+    except AssertionError:
+        output = process.stdout_path.read_text(errors="replace")
+        raise AssertionError(f"{target} never got ready; output:\n{output}") from None
+    return process, port
+
+
 def wait_for(
     predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
 ) -> object:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import ROOT, ServiceProcess, free_port, http_status, wait_for
+from tests.conftest import ROOT, ServiceProcess, free_port, http_status, start_ready, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +37,6 @@ def _output(process: ServiceProcess) -> str:
     # Read the file directly: ServiceProcess.output() fails once wait() has closed it.
     return process.stdout_path.read_text(errors="replace")
 
-
-def _start_ready(start: Start, target: str, **env: str) -> tuple[ServiceProcess, int]:
-    port = free_port()
-    process = start(target, PATRON_HTTP_DEFAULT_PORT=str(port), **env)
-    try:
-        wait_for(lambda: http_status(port, "/ready") == 200, timeout=15)
-    except AssertionError:
-        raise AssertionError(f"service never became ready; output:\n{_output(process)}") from None
-    return process, port
 
 
 def _wait_log(process: ServiceProcess, text: str, timeout: float = 5.0) -> None:
@@ -120,7 +111,7 @@ class _Load:
 
 def test_sigterm_under_load_finishes_every_started_request_and_exits_0(start: Start) -> None:
     drain, shutdown_timeout = 1.0, 5.0
-    process, port = _start_ready(
+    process, port = start_ready(
         start,
         "tests.support.services:busy",
         PATRON_DRAIN_DELAY=f"{drain}s",
@@ -219,7 +210,7 @@ def test_a_component_ignoring_stop_is_the_only_one_blamed(
 
 
 def test_sighup_runs_the_hook_and_the_service_keeps_running(start: Start) -> None:
-    process, port = _start_ready(start, "tests.support.services:hup_hook")
+    process, port = start_ready(start, "tests.support.services:hup_hook")
     for times in (1, 2):
         process.signal(signal.SIGHUP)
         wait_for(lambda n=times: _output(process).count("sighup hook ran") == n, timeout=5)  # type: ignore[misc]
@@ -231,7 +222,7 @@ def test_sighup_runs_the_hook_and_the_service_keeps_running(start: Start) -> Non
 
 
 def test_sighup_without_a_hook_shuts_down_gracefully(start: Start) -> None:
-    process, _ = _start_ready(start, "tests.support.services:hello")
+    process, _ = start_ready(start, "tests.support.services:hello")
     process.signal(signal.SIGHUP)
     code = process.wait(10)
     output = _output(process)
@@ -241,7 +232,7 @@ def test_sighup_without_a_hook_shuts_down_gracefully(start: Start) -> None:
 
 
 def test_a_sighup_during_the_shutdown_does_not_hurry_it(start: Start) -> None:
-    process, _ = _start_ready(start, "tests.support.services:hello", PATRON_DRAIN_DELAY="2s")
+    process, _ = start_ready(start, "tests.support.services:hello", PATRON_DRAIN_DELAY="2s")
     process.signal(signal.SIGTERM)
     _wait_log(process, "received SIGTERM: shutting down")
     process.signal(signal.SIGHUP)  # a terminal closing while the service drains
@@ -253,7 +244,7 @@ def test_a_sighup_during_the_shutdown_does_not_hurry_it(start: Start) -> None:
 
 def test_a_second_sigint_exits_at_once_with_130(start: Start) -> None:
     drain = 10.0
-    process, port = _start_ready(start, "tests.support.services:hello", PATRON_DRAIN_DELAY="10s")
+    process, port = start_ready(start, "tests.support.services:hello", PATRON_DRAIN_DELAY="10s")
     process.signal(signal.SIGINT)
     _wait_log(process, "received SIGINT: shutting down")
     assert http_status(port, "/ready") == 503  # draining, not yet stopping

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from tests.conftest import ServiceProcess, free_port, http_status, wait_for
+from tests.conftest import ServiceProcess, start_ready
 
 API_KEY = "gateway-test-key"
 RATE_LIMIT = "0.2"  # one request, then the next token in 5 s: the second request is refused
@@ -29,25 +29,14 @@ def _request(port: int, path: str, headers: Mapping[str, str] | None = None) -> 
         conn.close()
 
 
-def _started(start: Callable[..., ServiceProcess], target: str, **env: str) -> tuple[
-    ServiceProcess, int
-]:
-    port = free_port()
-    process = start(target, PATRON_HTTP_DEFAULT_PORT=str(port), **env)
-    try:
-        wait_for(lambda: http_status(port, "/ready") == 200, timeout=20)
-    except AssertionError:
-        raise AssertionError(f"{target} never got ready:\n{process.output()}") from None
-    return process, port
-
 
 @pytest.fixture
 def gateway(service_process: Callable[..., ServiceProcess]) -> Iterator[
     tuple[int, ServiceProcess]
 ]:
     """The gateway's port, and the upstream it calls."""
-    upstream, upstream_port = _started(service_process, "samples.hello")
-    _, port = _started(
+    upstream, upstream_port = start_ready(service_process, "samples.hello")
+    _, port = start_ready(
         service_process, "samples.http_gateway",
         UPSTREAM_URL=f"http://127.0.0.1:{upstream_port}", SAMPLE_API_KEY=API_KEY,
         SAMPLE_RATE_LIMIT=RATE_LIMIT,

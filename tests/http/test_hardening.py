@@ -27,7 +27,7 @@ import pytest
 
 from patron.component import StopsBy
 from patron.http import HTTPComponent, Mount, Request, Route
-from tests.conftest import ServiceProcess, free_port, http_status, wait_for
+from tests.conftest import ServiceProcess, http_status, start_ready, wait_for
 from tests.http.conftest import Running, Serve
 from tests.support.components import Runner
 
@@ -526,17 +526,6 @@ def test_stop_by_bounds_the_drain_to_the_deadline(run: Callable[..., Runner], ga
     assert returned <= deadline + 1.0, returned - deadline
 
 
-def _start_ready(start: Callable[..., ServiceProcess], target: str, **env: str) -> tuple[
-    ServiceProcess, int
-]:
-    port = free_port()
-    process = start(target, PATRON_HTTP_DEFAULT_PORT=str(port), **env)
-    try:
-        wait_for(lambda: http_status(port, "/ready") == 200, timeout=15)
-    except AssertionError:
-        raise AssertionError(f"never ready; output:\n{process.output()}") from None
-    return process, port
-
 
 class _Tricklers:
     """``count`` connections, each sending one more byte of a request that never ends."""
@@ -570,7 +559,7 @@ def test_sigterm_with_200_trickling_clients_exits_0_well_within_the_budget(
     service_process: Callable[..., ServiceProcess],
 ) -> None:
     budget = 5.0
-    process, port = _start_ready(
+    process, port = start_ready(
         service_process, "tests.support.services:hello", PATRON_SHUTDOWN_TIMEOUT=f"{budget}s"
     )
     with _Tricklers(port, 200):
@@ -650,7 +639,7 @@ def test_sigterm_with_a_drain_delay_moves_32_keep_alive_clients_off_without_an_e
     service_process: Callable[..., ServiceProcess],
 ) -> None:
     drain = 2.0
-    process, port = _start_ready(
+    process, port = start_ready(
         service_process, "tests.support.services:hello",
         PATRON_DRAIN_DELAY=f"{drain}s", PATRON_SHUTDOWN_TIMEOUT="5s",
     )
